@@ -1,0 +1,513 @@
+//! Portico's resource model: the Kubernetes objects it reads, a consistent snapshot of them, and the loader
+//! that turns manifest files into that snapshot with precise, located errors.
+//!
+//! Core objects use the `k8s-openapi` types; Gateway API and operator resources have their own types in
+//! [`gateway`] and [`ako`] (see the crate README for why). Every provider (files, Kubernetes) produces a
+//! [`Snapshot`]; the translator reads nothing else.
+
+pub mod ako;
+pub mod gateway;
+mod load;
+pub mod status;
+
+pub use load::{ParsedFile, parse_manifests};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Re-exported core types, so that crates below the provider need no direct `k8s-openapi` dependency.
+pub mod core {
+    pub use k8s_openapi::ByteString;
+    pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
+    pub use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+    pub use k8s_openapi::api::networking::v1::{
+        HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressTLS,
+    };
+    pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+    pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+}
+
+/// The kinds of object Portico understands. Anything else in a manifest is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Kind {
+    Namespace,
+    Secret,
+    ConfigMap,
+    Service,
+    EndpointSlice,
+    IngressClass,
+    Ingress,
+    GatewayClass,
+    Gateway,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+    ReferenceGrant,
+    HostRule,
+    #[serde(rename = "HTTPRule")]
+    HttpRule,
+}
+
+impl Kind {
+    /// The kind for a manifest's `apiVersion` and `kind`, if Portico reads it.
+    pub fn from_manifest(api_version: &str, kind: &str) -> Option<Kind> {
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        let found = match (group, kind) {
+            ("", "Namespace") => Kind::Namespace,
+            ("", "Secret") => Kind::Secret,
+            ("", "ConfigMap") => Kind::ConfigMap,
+            ("", "Service") => Kind::Service,
+            ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
+            ("networking.k8s.io", "IngressClass") => Kind::IngressClass,
+            ("networking.k8s.io", "Ingress") => Kind::Ingress,
+            ("gateway.networking.k8s.io", "GatewayClass") => Kind::GatewayClass,
+            ("gateway.networking.k8s.io", "Gateway") => Kind::Gateway,
+            ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
+            ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
+            ("ako.vmware.com", "HostRule") => Kind::HostRule,
+            ("ako.vmware.com", "HTTPRule") => Kind::HttpRule,
+            _ => return None,
+        };
+        Some(found)
+    }
+
+    /// The kind's name as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::IngressClass => "IngressClass",
+            Kind::Ingress => "Ingress",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::HostRule => "HostRule",
+            Kind::HttpRule => "HTTPRule",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(
+            self,
+            Kind::Namespace | Kind::IngressClass | Kind::GatewayClass
+        )
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Namespace and name of an object; the namespace is empty for cluster-scoped kinds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key from namespace and name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// A kind plus an object key: which object a status or an error is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ResourceRef {
+    pub kind: Kind,
+    #[serde(flatten)]
+    pub key: ObjectKey,
+}
+
+impl ResourceRef {
+    /// A reference from kind, namespace and name.
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ResourceRef {
+            kind,
+            key: ObjectKey::new(namespace, name),
+        }
+    }
+}
+
+impl fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.key)
+    }
+}
+
+/// One object of a kind Portico understands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Namespace(Namespace),
+    Secret(Secret),
+    ConfigMap(ConfigMap),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    IngressClass(IngressClass),
+    Ingress(Ingress),
+    GatewayClass(gateway::GatewayClass),
+    Gateway(gateway::Gateway),
+    HttpRoute(gateway::HttpRoute),
+    ReferenceGrant(gateway::ReferenceGrant),
+    HostRule(ako::HostRule),
+    HttpRule(ako::HttpRule),
+}
+
+/// Where an object was read from: the file, the line its document starts on, and the document's text (kept
+/// so that an error about a field can point at the field's own line).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub file: Arc<str>,
+    pub line: usize,
+    pub text: Arc<str>,
+}
+
+impl Source {
+    /// The line of `field` (a path such as `spec.rules[0].matches[0].path.value`) in this document, found by
+    /// walking the keys in order; the document's first line when a key is not found.
+    pub fn line_of(&self, field: &str) -> usize {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let mut at = 0usize;
+        let mut found_any = false;
+        for segment in field.split('.') {
+            let (key, indexes) = match segment.find('[') {
+                Some(i) => (&segment[..i], &segment[i..]),
+                None => (segment, ""),
+            };
+            if key.is_empty() {
+                continue;
+            }
+            let Some(offset) = lines[at..].iter().position(|line| {
+                let t = line.trim_start().trim_start_matches("- ");
+                t.strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            }) else {
+                break;
+            };
+            at += offset;
+            found_any = true;
+            // Skip to the n-th list item below the key, so `rules[2]` lands on the third rule.
+            for index in indexes
+                .split(']')
+                .filter_map(|i| i.trim_start_matches('[').parse::<usize>().ok())
+            {
+                let mut seen = 0;
+                for (i, line) in lines.iter().enumerate().skip(at + 1) {
+                    if line.trim_start().starts_with("- ") || line.trim() == "-" {
+                        if seen == index {
+                            at = i;
+                            break;
+                        }
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        if found_any { self.line + at } else { self.line }
+    }
+}
+
+/// How bad a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// A located message about the configuration, printed as `file:line: kind/ns/name: field: message`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// An error about a field of a resource; file and line are filled in by [`Snapshot::locate`].
+    pub fn error(
+        resource: ResourceRef,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            file: None,
+            line: None,
+            resource: Some(resource),
+            field: Some(field.into()).filter(|f: &String| !f.is_empty()),
+            message: message.into(),
+        }
+    }
+
+    /// A warning about a field of a resource.
+    pub fn warning(
+        resource: ResourceRef,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(resource, field, message)
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{file}:{line}: ")?,
+            (Some(file), None) => write!(f, "{file}: ")?,
+            _ => {}
+        }
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        if let Some(resource) = &self.resource {
+            write!(f, "{resource}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every object Portico understands, by kind, as one consistent view. Providers build it; the translator
+/// reads it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub namespaces: BTreeMap<ObjectKey, Namespace>,
+    pub secrets: BTreeMap<ObjectKey, Secret>,
+    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub ingress_classes: BTreeMap<ObjectKey, IngressClass>,
+    pub ingresses: BTreeMap<ObjectKey, Ingress>,
+    pub gateway_classes: BTreeMap<ObjectKey, gateway::GatewayClass>,
+    pub gateways: BTreeMap<ObjectKey, gateway::Gateway>,
+    pub http_routes: BTreeMap<ObjectKey, gateway::HttpRoute>,
+    pub reference_grants: BTreeMap<ObjectKey, gateway::ReferenceGrant>,
+    pub host_rules: BTreeMap<ObjectKey, ako::HostRule>,
+    pub http_rules: BTreeMap<ObjectKey, ako::HttpRule>,
+    /// Where each object came from, when it came from a file.
+    pub sources: BTreeMap<ResourceRef, Source>,
+}
+
+fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Resource {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Namespace(_) => Kind::Namespace,
+            Resource::Secret(_) => Kind::Secret,
+            Resource::ConfigMap(_) => Kind::ConfigMap,
+            Resource::Service(_) => Kind::Service,
+            Resource::EndpointSlice(_) => Kind::EndpointSlice,
+            Resource::IngressClass(_) => Kind::IngressClass,
+            Resource::Ingress(_) => Kind::Ingress,
+            Resource::GatewayClass(_) => Kind::GatewayClass,
+            Resource::Gateway(_) => Kind::Gateway,
+            Resource::HttpRoute(_) => Kind::HttpRoute,
+            Resource::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Resource::HostRule(_) => Kind::HostRule,
+            Resource::HttpRule(_) => Kind::HttpRule,
+        }
+    }
+
+    /// The object's metadata.
+    pub fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Resource::Namespace(o) => &o.metadata,
+            Resource::Secret(o) => &o.metadata,
+            Resource::ConfigMap(o) => &o.metadata,
+            Resource::Service(o) => &o.metadata,
+            Resource::EndpointSlice(o) => &o.metadata,
+            Resource::IngressClass(o) => &o.metadata,
+            Resource::Ingress(o) => &o.metadata,
+            Resource::GatewayClass(o) => &o.metadata,
+            Resource::Gateway(o) => &o.metadata,
+            Resource::HttpRoute(o) => &o.metadata,
+            Resource::ReferenceGrant(o) => &o.metadata,
+            Resource::HostRule(o) => &o.metadata,
+            Resource::HttpRule(o) => &o.metadata,
+        }
+    }
+
+    /// Kind, namespace and name.
+    pub fn resource_ref(&self) -> ResourceRef {
+        ResourceRef {
+            kind: self.kind(),
+            key: object_key(self.metadata()),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Adds (or replaces) an object, remembering where it came from.
+    pub fn insert(&mut self, resource: Resource, source: Option<Source>) {
+        let reference = resource.resource_ref();
+        let key = reference.key.clone();
+        match resource {
+            Resource::Namespace(o) => drop(self.namespaces.insert(key, o)),
+            Resource::Secret(o) => drop(self.secrets.insert(key, o)),
+            Resource::ConfigMap(o) => drop(self.config_maps.insert(key, o)),
+            Resource::Service(o) => drop(self.services.insert(key, o)),
+            Resource::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
+            Resource::IngressClass(o) => drop(self.ingress_classes.insert(key, o)),
+            Resource::Ingress(o) => drop(self.ingresses.insert(key, o)),
+            Resource::GatewayClass(o) => drop(self.gateway_classes.insert(key, o)),
+            Resource::Gateway(o) => drop(self.gateways.insert(key, o)),
+            Resource::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
+            Resource::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
+            Resource::HostRule(o) => drop(self.host_rules.insert(key, o)),
+            Resource::HttpRule(o) => drop(self.http_rules.insert(key, o)),
+        }
+        match source {
+            Some(source) => drop(self.sources.insert(reference, source)),
+            None => drop(self.sources.remove(&reference)),
+        }
+    }
+
+    /// Removes an object, returning it.
+    pub fn remove(&mut self, reference: &ResourceRef) -> Option<Resource> {
+        self.sources.remove(reference);
+        let key = &reference.key;
+        match reference.kind {
+            Kind::Namespace => self.namespaces.remove(key).map(Resource::Namespace),
+            Kind::Secret => self.secrets.remove(key).map(Resource::Secret),
+            Kind::ConfigMap => self.config_maps.remove(key).map(Resource::ConfigMap),
+            Kind::Service => self.services.remove(key).map(Resource::Service),
+            Kind::EndpointSlice => self
+                .endpoint_slices
+                .remove(key)
+                .map(Resource::EndpointSlice),
+            Kind::IngressClass => self.ingress_classes.remove(key).map(Resource::IngressClass),
+            Kind::Ingress => self.ingresses.remove(key).map(Resource::Ingress),
+            Kind::GatewayClass => self.gateway_classes.remove(key).map(Resource::GatewayClass),
+            Kind::Gateway => self.gateways.remove(key).map(Resource::Gateway),
+            Kind::HttpRoute => self.http_routes.remove(key).map(Resource::HttpRoute),
+            Kind::ReferenceGrant => self
+                .reference_grants
+                .remove(key)
+                .map(Resource::ReferenceGrant),
+            Kind::HostRule => self.host_rules.remove(key).map(Resource::HostRule),
+            Kind::HttpRule => self.http_rules.remove(key).map(Resource::HttpRule),
+        }
+    }
+
+    /// A copy of one object, if present.
+    pub fn get(&self, reference: &ResourceRef) -> Option<Resource> {
+        let key = &reference.key;
+        match reference.kind {
+            Kind::Namespace => self.namespaces.get(key).cloned().map(Resource::Namespace),
+            Kind::Secret => self.secrets.get(key).cloned().map(Resource::Secret),
+            Kind::ConfigMap => self.config_maps.get(key).cloned().map(Resource::ConfigMap),
+            Kind::Service => self.services.get(key).cloned().map(Resource::Service),
+            Kind::EndpointSlice => self
+                .endpoint_slices
+                .get(key)
+                .cloned()
+                .map(Resource::EndpointSlice),
+            Kind::IngressClass => self
+                .ingress_classes
+                .get(key)
+                .cloned()
+                .map(Resource::IngressClass),
+            Kind::Ingress => self.ingresses.get(key).cloned().map(Resource::Ingress),
+            Kind::GatewayClass => self
+                .gateway_classes
+                .get(key)
+                .cloned()
+                .map(Resource::GatewayClass),
+            Kind::Gateway => self.gateways.get(key).cloned().map(Resource::Gateway),
+            Kind::HttpRoute => self.http_routes.get(key).cloned().map(Resource::HttpRoute),
+            Kind::ReferenceGrant => self
+                .reference_grants
+                .get(key)
+                .cloned()
+                .map(Resource::ReferenceGrant),
+            Kind::HostRule => self.host_rules.get(key).cloned().map(Resource::HostRule),
+            Kind::HttpRule => self.http_rules.get(key).cloned().map(Resource::HttpRule),
+        }
+    }
+
+    /// Fills in the file and line of a diagnostic about an object read from a file.
+    pub fn locate(&self, diagnostic: &mut Diagnostic) {
+        if diagnostic.file.is_some() {
+            return;
+        }
+        let Some(source) = diagnostic
+            .resource
+            .as_ref()
+            .and_then(|r| self.sources.get(r))
+        else {
+            return;
+        };
+        diagnostic.file = Some(source.file.to_string());
+        diagnostic.line = Some(match &diagnostic.field {
+            Some(field) => source.line_of(field),
+            None => source.line,
+        });
+    }
+
+    /// How many objects the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+            + self.secrets.len()
+            + self.config_maps.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.ingress_classes.len()
+            + self.ingresses.len()
+            + self.gateway_classes.len()
+            + self.gateways.len()
+            + self.http_routes.len()
+            + self.reference_grants.len()
+            + self.host_rules.len()
+            + self.http_rules.len()
+    }
+
+    /// Whether the snapshot holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,351 @@
+//! Manifest files to resources: multi-document YAML in the Kubernetes manifest format.
+
+use crate::{Diagnostic, Kind, Resource, ResourceRef, Severity, Source};
+use serde::de::DeserializeOwned;
+use serde_saphyr::{DuplicateKeyPolicy, Options};
+use std::sync::Arc;
+
+/// What one manifest file held.
+#[derive(Debug, Default)]
+pub struct ParsedFile {
+    /// Objects of the kinds Portico reads, in file order.
+    pub resources: Vec<(Resource, Source)>,
+    /// Errors (the object was not read) and warnings (it was, with a remark).
+    pub diagnostics: Vec<Diagnostic>,
+    /// `apiVersion kind` of documents that were skipped because Portico does not read that kind.
+    pub ignored: Vec<String>,
+}
+
+impl ParsedFile {
+    /// Whether any document of the file failed.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// A document of a multi-document YAML file and the line it starts on (1-based).
+struct Document<'a> {
+    line: usize,
+    text: &'a str,
+}
+
+/// Splits at `---` lines. Done by hand, rather than by the YAML parser's multi-document reader, so that a
+/// broken document costs only itself and every object knows the line it starts on.
+fn split_documents(text: &str) -> Vec<Document<'_>> {
+    let mut documents = Vec::new();
+    let mut start_byte = 0usize;
+    let mut start_line = 1usize;
+    let mut offset = 0usize;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.trim_end();
+        if bare == "---" || bare.starts_with("--- ") || bare == "..." {
+            documents.push(Document {
+                line: start_line,
+                text: &text[start_byte..offset],
+            });
+            start_byte = offset + line.len();
+            start_line = index + 2;
+        }
+        offset += line.len();
+    }
+    documents.push(Document {
+        line: start_line,
+        text: &text[start_byte..],
+    });
+    documents
+}
+
+fn yaml_options(duplicate_keys: DuplicateKeyPolicy) -> Options {
+    let mut options = Options::default();
+    options.duplicate_keys = duplicate_keys;
+    options
+}
+
+fn file_error(file: &str, line: usize, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: Some(file.to_string()),
+        line: Some(line),
+        resource: None,
+        field: None,
+        message,
+    }
+}
+
+/// Parses every document of a manifest file. Objects without a namespace get `default_namespace`.
+///
+/// A document that is not valid YAML, or whose object does not match its kind's schema, is reported and
+/// skipped; the other documents are still read. Repeated mapping keys (which helm renders for some labels)
+/// are accepted with a warning, the last value winning, as kubectl does.
+pub fn parse_manifests(file: &str, text: &str, default_namespace: &str) -> ParsedFile {
+    let mut parsed = ParsedFile::default();
+    let file_name: Arc<str> = Arc::from(file);
+    for document in split_documents(text) {
+        if document.text.trim().is_empty() {
+            continue;
+        }
+        let strict = serde_saphyr::from_str_with_options::<serde_json::Value>(
+            document.text,
+            yaml_options(DuplicateKeyPolicy::Error),
+        );
+        let value = match strict {
+            Ok(value) => value,
+            Err(strict_error) => {
+                let lenient = serde_saphyr::from_str_with_options::<serde_json::Value>(
+                    document.text,
+                    yaml_options(DuplicateKeyPolicy::LastWins),
+                );
+                let line = document.line
+                    + strict_error.location().map_or(0, |l| {
+                        usize::try_from(l.line()).unwrap_or(1).saturating_sub(1)
+                    });
+                match lenient {
+                    Ok(value) => {
+                        let mut warning = file_error(
+                            file,
+                            line,
+                            format!(
+                                "repeated mapping key, the last value is used: {}",
+                                first_line(&strict_error)
+                            ),
+                        );
+                        warning.severity = Severity::Warning;
+                        parsed.diagnostics.push(warning);
+                        value
+                    }
+                    Err(_) => {
+                        parsed.diagnostics.push(file_error(
+                            file,
+                            line,
+                            format!("invalid YAML: {}", first_line(&strict_error)),
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        let source = Source {
+            file: file_name.clone(),
+            line: document.line,
+            text: Arc::from(document.text),
+        };
+        match decode(value, default_namespace) {
+            Decoded::Resource(resource) => parsed.resources.push((resource, source)),
+            Decoded::Ignored(what) => parsed.ignored.push(what),
+            Decoded::Failed {
+                resource,
+                field,
+                message,
+            } => {
+                let mut diagnostic = match resource {
+                    Some(resource) => Diagnostic::error(resource, field, message),
+                    None => file_error(file, document.line, message),
+                };
+                diagnostic.file = Some(file.to_string());
+                diagnostic.line = Some(match &diagnostic.field {
+                    Some(field) => source.line_of(field),
+                    None => source.line,
+                });
+                parsed.diagnostics.push(diagnostic);
+            }
+        }
+    }
+    parsed
+}
+
+fn first_line(error: &serde_saphyr::Error) -> String {
+    let text = error.to_string();
+    text.lines().next().unwrap_or("").to_string()
+}
+
+enum Decoded {
+    Resource(Resource),
+    Ignored(String),
+    Failed {
+        resource: Option<ResourceRef>,
+        field: String,
+        message: String,
+    },
+}
+
+fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
+    let Some(object) = value.as_object_mut() else {
+        return Decoded::Failed {
+            resource: None,
+            field: String::new(),
+            message: "a manifest must be a mapping with apiVersion, kind and metadata".into(),
+        };
+    };
+    let api_version = object
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let kind_name = object
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if api_version.is_empty() || kind_name.is_empty() {
+        return Decoded::Failed {
+            resource: None,
+            field: if api_version.is_empty() {
+                "apiVersion"
+            } else {
+                "kind"
+            }
+            .into(),
+            message: "a manifest needs apiVersion and kind".into(),
+        };
+    }
+    let Some(kind) = Kind::from_manifest(&api_version, &kind_name) else {
+        return Decoded::Ignored(format!("{api_version} {kind_name}"));
+    };
+    // Normalise: trim stray spaces in apiVersion (helm output has some), default the namespace.
+    object.insert("apiVersion".into(), serde_json::Value::String(api_version));
+    let metadata = object
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}));
+    let name = metadata
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_string();
+    if let Some(metadata) = metadata.as_object_mut() {
+        if kind.namespaced() {
+            let namespace = metadata
+                .get("namespace")
+                .and_then(|n| n.as_str())
+                .unwrap_or("");
+            if namespace.is_empty() {
+                metadata.insert("namespace".into(), default_namespace.into());
+            }
+        } else {
+            metadata.remove("namespace");
+        }
+    }
+    let namespace = if kind.namespaced() {
+        value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(default_namespace)
+            .to_string()
+    } else {
+        String::new()
+    };
+    let reference = ResourceRef::new(kind, namespace, name.clone());
+    if name.is_empty() {
+        return Decoded::Failed {
+            resource: Some(reference),
+            field: "metadata.name".into(),
+            message: "is required".into(),
+        };
+    }
+    let fail = |(field, message)| Decoded::Failed {
+        resource: Some(reference.clone()),
+        field,
+        message,
+    };
+    let resource = match kind {
+        Kind::Namespace => typed(value).map(Resource::Namespace),
+        Kind::Secret => typed(value).map(|mut secret: k8s_openapi::api::core::v1::Secret| {
+            // `stringData` is write-only on the API server: fold it into `data` as it does.
+            if let Some(strings) = secret.string_data.take() {
+                let data = secret.data.get_or_insert_with(Default::default);
+                for (key, text) in strings {
+                    data.insert(key, k8s_openapi::ByteString(text.into_bytes()));
+                }
+            }
+            Resource::Secret(secret)
+        }),
+        Kind::ConfigMap => typed(value).map(Resource::ConfigMap),
+        Kind::Service => typed(value).map(Resource::Service),
+        Kind::EndpointSlice => typed(value).map(Resource::EndpointSlice),
+        Kind::IngressClass => typed(value).map(Resource::IngressClass),
+        Kind::Ingress => typed(value).map(Resource::Ingress),
+        Kind::GatewayClass => typed(value).map(Resource::GatewayClass),
+        Kind::Gateway => typed(value).map(Resource::Gateway),
+        Kind::HttpRoute => typed(value).map(Resource::HttpRoute),
+        Kind::ReferenceGrant => typed(value).map(Resource::ReferenceGrant),
+        Kind::HostRule => typed(value).map(Resource::HostRule),
+        Kind::HttpRule => typed(value).map(Resource::HttpRule),
+    };
+    resource.map_or_else(fail, Decoded::Resource)
+}
+
+/// Decodes into a kind's type, reporting the path of the field that did not fit.
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        (field, error.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_keep_their_line_numbers() {
+        let text = "a: 1\n---\n# c\nb: 2\n---\nc: 3\n";
+        let docs = split_documents(text);
+        assert_eq!(
+            docs.iter().map(|d| d.line).collect::<Vec<_>>(),
+            vec![1, 3, 6]
+        );
+        assert_eq!(docs[1].text, "# c\nb: 2\n");
+    }
+
+    #[test]
+    fn wrong_type_names_file_line_resource_and_field() {
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  gatewayClassName: c\n  listeners:\n  - name: http\n    port: eighty\n    protocol: HTTP\n";
+        let parsed = parse_manifests("gw.yaml", text, "default");
+        assert!(parsed.resources.is_empty());
+        let message = parsed.diagnostics[0].to_string();
+        assert!(
+            message.starts_with("gw.yaml:9: Gateway/default/gw: spec.listeners[0].port: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn repeated_keys_warn_and_last_wins() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n    x: \"1\"\n    x: \"2\"\n";
+        let parsed = parse_manifests("ns.yaml", text, "default");
+        assert_eq!(parsed.resources.len(), 1);
+        assert_eq!(parsed.diagnostics[0].severity, Severity::Warning);
+        let Resource::Namespace(ns) = &parsed.resources[0].0 else {
+            panic!("not a namespace")
+        };
+        assert_eq!(
+            ns.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("x"))
+                .map(String::as_str),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_ignored_and_bad_documents_cost_only_themselves() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n---\nkey: [unclosed\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ok\n";
+        let parsed = parse_manifests("m.yaml", text, "default");
+        assert_eq!(parsed.ignored, vec!["apps/v1 Deployment".to_string()]);
+        assert_eq!(parsed.resources.len(), 1);
+        assert!(
+            parsed.diagnostics[0]
+                .to_string()
+                .starts_with("m.yaml:6: invalid YAML"),
+            "{}",
+            parsed.diagnostics[0]
+        );
+    }
+}
