@@ -238,8 +238,9 @@ pub struct UpstreamTls {
     /// Server name sent by SNI and verified in the certificate; the endpoint's IP when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// PEM of the CAs the endpoint's certificate must chain to.
-    pub ca_pem: String,
+    /// PEM of the CAs the endpoint's certificate must chain to; the system's CAs when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// A certificate chain and its private key.

@@ -1,1 +1,194 @@
+//! The translator: a pure function from a resource [`Snapshot`] to the data-plane [`Ir`] and the status of
+//! every resource Portico owns.
+//!
+//! It reads nothing but its arguments and has no clock, so the same snapshot always gives the same output;
+//! golden tests (`testdata/NAME.in.yaml` -> `NAME.out.yaml`) pin its behaviour. The stages are:
+//! [`gateway`] (classes, Gateways, listeners) -> [`httproute`] (attach routes, resolve references) and
+//! [`ingress`] -> [`hostrule`] (operator overlays) -> [`assemble`] (order virtual hosts and routes into
+//! the IR).
 
+mod assemble;
+mod backend;
+mod gateway;
+mod hostname;
+mod hostrule;
+mod httproute;
+mod ingress;
+mod refgrant;
+mod tls;
+
+use portico_ir::Ir;
+use portico_resources::status::{Condition, ResourceStatus};
+use portico_resources::{Diagnostic, ResourceRef, Snapshot};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Settings of the translation that do not come from resources.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranslateOptions {
+    /// GatewayClasses with this `controllerName` are Portico's.
+    pub gateway_controller: String,
+    /// IngressClasses with this `spec.controller` are Portico's.
+    pub ingress_controller: String,
+    /// Ingresses without a class are Portico's when this is set (or when one of Portico's IngressClasses
+    /// carries the `ingressclass.kubernetes.io/is-default-class` annotation).
+    pub default_ingress_class: Option<String>,
+    /// The VIPs that Ingresses are served on.
+    pub ingress_addresses: Vec<IpAddr>,
+    /// The address a Gateway gets when it requests none (standalone mode has no LoadBalancer Service).
+    pub default_gateway_address: Option<IpAddr>,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        TranslateOptions {
+            gateway_controller: GATEWAY_CONTROLLER.into(),
+            ingress_controller: INGRESS_CONTROLLER.into(),
+            default_ingress_class: None,
+            ingress_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            default_gateway_address: None,
+        }
+    }
+}
+
+/// The `controllerName` of Portico's GatewayClasses.
+pub const GATEWAY_CONTROLLER: &str = "portico.dev/gateway-controller";
+/// The `spec.controller` of Portico's IngressClasses.
+pub const INGRESS_CONTROLLER: &str = "portico.dev/ingress-controller";
+
+/// What a snapshot translates to.
+#[derive(Clone, Debug, Default)]
+pub struct Translation {
+    pub ir: Ir,
+    /// Status of every resource Portico owns.
+    pub statuses: BTreeMap<ResourceRef, ResourceStatus>,
+    /// Errors and warnings, located in their files when the snapshot knows them.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Translation {
+    /// Resources with at least one error.
+    pub fn resources_with_errors(&self) -> Vec<ResourceRef> {
+        let mut refs: Vec<ResourceRef> = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == portico_resources::Severity::Error)
+            .filter_map(|d| d.resource.clone())
+            .collect();
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+
+    /// A serialisable view (statuses keyed by `Kind/namespace/name`), for golden files, the admin API and
+    /// `portico translate`.
+    pub fn report(&self) -> Report<'_> {
+        Report {
+            ir: &self.ir,
+            statuses: self
+                .statuses
+                .iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            diagnostics: self.diagnostics.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// See [`Translation::report`].
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub ir: &'a Ir,
+    pub statuses: BTreeMap<String, &'a ResourceStatus>,
+    pub diagnostics: Vec<String>,
+}
+
+/// Translates a snapshot. Pure: no I/O, no clock.
+pub fn translate(snapshot: &Snapshot, options: &TranslateOptions) -> Translation {
+    let mut cx = Context {
+        snapshot,
+        options,
+        out: Translation::default(),
+        routes: assemble::RouteTable::default(),
+    };
+    let mut gateways = gateway::translate_gateways(&mut cx);
+    httproute::translate_http_routes(&mut cx, &mut gateways);
+    gateway::write_gateway_statuses(&mut cx, &gateways);
+    ingress::translate_ingresses(&mut cx);
+    hostrule::apply_host_rules(&mut cx);
+    let routes = std::mem::take(&mut cx.routes);
+    cx.out.ir = routes.assemble(&mut cx.out.ir);
+    let mut out = cx.out;
+    for diagnostic in &mut out.diagnostics {
+        snapshot.locate(diagnostic);
+    }
+    out.diagnostics.sort_by(|a, b| {
+        (&a.file, a.line, &a.resource, &a.field, &a.message).cmp(&(
+            &b.file,
+            b.line,
+            &b.resource,
+            &b.field,
+            &b.message,
+        ))
+    });
+    out.diagnostics.dedup();
+    out
+}
+
+/// State shared by the stages of one translation.
+pub(crate) struct Context<'a> {
+    pub snapshot: &'a Snapshot,
+    pub options: &'a TranslateOptions,
+    pub out: Translation,
+    pub routes: assemble::RouteTable,
+}
+
+impl Context<'_> {
+    pub fn error(
+        &mut self,
+        resource: &ResourceRef,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.out
+            .diagnostics
+            .push(Diagnostic::error(resource.clone(), field, message));
+    }
+
+    pub fn warning(
+        &mut self,
+        resource: &ResourceRef,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.out
+            .diagnostics
+            .push(Diagnostic::warning(resource.clone(), field, message));
+    }
+
+    pub fn set_status(&mut self, resource: ResourceRef, status: ResourceStatus) {
+        self.out.statuses.insert(resource, status);
+    }
+}
+
+/// Shorthand for a condition with `True` status.
+pub(crate) fn ok(
+    kind: &str,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    Condition::new(kind, true, reason, message, generation)
+}
+
+/// Shorthand for a condition with `False` status.
+pub(crate) fn not(
+    kind: &str,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    Condition::new(kind, false, reason, message, generation)
+}

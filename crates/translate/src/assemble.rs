@@ -1,0 +1,170 @@
+//! The last stage: listeners, virtual hosts and routes gathered by the earlier stages are ordered into the IR.
+
+use portico_ir::{Ir, Listener, PathMatch, Protocol, Route, SniCertificate, VirtualHost};
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// Listeners and their routes, keyed for merging, before ordering.
+#[derive(Default)]
+pub struct RouteTable {
+    listeners: BTreeMap<SocketAddr, ListenerEntry>,
+}
+
+/// One address:port being built.
+pub struct ListenerEntry {
+    pub protocol: Protocol,
+    /// Who claimed the socket first (`Gateway/ns/name`, `Ingress`), for conflict messages.
+    pub owner: String,
+    pub certificates: Vec<SniCertificate>,
+    pub hosts: BTreeMap<String, Vec<RankedRoute>>,
+}
+
+/// A route with the key that orders it among the routes of its virtual host.
+#[derive(Clone)]
+pub struct RankedRoute {
+    pub rank: RouteRank,
+    pub route: Route,
+}
+
+/// The Gateway API's precedence, most important first: exact path, then regular expression, then the
+/// longest prefix; a method match; more header matches; more query matches; the older route; the route's
+/// namespace/name alphabetically; then rule and match order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteRank(
+    Reverse<u8>,
+    Reverse<usize>,
+    Reverse<bool>,
+    Reverse<usize>,
+    Reverse<usize>,
+    Option<String>,
+    String,
+    usize,
+    usize,
+);
+
+impl RouteRank {
+    /// The rank of a route from its match and its origin.
+    pub fn new(
+        route: &Route,
+        created: Option<String>,
+        source: String,
+        rule: usize,
+        matched: usize,
+    ) -> Self {
+        let m = &route.matcher;
+        let (kind, len) = match &m.path {
+            PathMatch::Exact(p) => (3, p.len()),
+            PathMatch::Regex(p) => (2, p.len()),
+            PathMatch::Prefix(p) => (1, p.trim_end_matches('/').len()),
+        };
+        // Routes without a creation time sort after those with one.
+        let created = created.or(Some("~".into()));
+        RouteRank(
+            Reverse(kind),
+            Reverse(len),
+            Reverse(m.method.is_some()),
+            Reverse(m.headers.len()),
+            Reverse(m.query_params.len()),
+            created,
+            source,
+            rule,
+            matched,
+        )
+    }
+}
+
+impl RouteTable {
+    /// The listener on `address`, created with `protocol` if new. Fails with the existing owner's name when
+    /// the socket already serves another protocol.
+    pub fn listener(
+        &mut self,
+        address: SocketAddr,
+        protocol: Protocol,
+        owner: &str,
+    ) -> Result<&mut ListenerEntry, String> {
+        let entry = self
+            .listeners
+            .entry(address)
+            .or_insert_with(|| ListenerEntry {
+                protocol,
+                owner: owner.to_string(),
+                certificates: Vec::new(),
+                hosts: BTreeMap::new(),
+            });
+        if entry.protocol != protocol {
+            return Err(format!(
+                "{address} already serves {:?} for {}",
+                entry.protocol, entry.owner
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// The protocol already bound to an address, if any.
+    pub fn protocol_of(&self, address: SocketAddr) -> Option<(Protocol, &str)> {
+        self.listeners
+            .get(&address)
+            .map(|l| (l.protocol, l.owner.as_str()))
+    }
+
+    /// Every listener, for stages that edit virtual hosts across listeners (aliases).
+    pub fn listeners_mut(&mut self) -> impl Iterator<Item = &mut ListenerEntry> {
+        self.listeners.values_mut()
+    }
+
+    /// Orders everything into the IR, keeping the pools and certificates already in `ir`.
+    pub fn assemble(self, ir: &mut Ir) -> Ir {
+        let mut listeners = Vec::new();
+        for (address, entry) in self.listeners {
+            let mut hosts: Vec<VirtualHost> = entry
+                .hosts
+                .into_iter()
+                .map(|(hostname, mut routes)| {
+                    routes.sort_by(|a, b| a.rank.cmp(&b.rank));
+                    VirtualHost {
+                        hostname,
+                        routes: routes.into_iter().map(|r| r.route).collect(),
+                    }
+                })
+                .collect();
+            hosts.sort_by_key(|h| host_order(&h.hostname));
+            let mut certificates = entry.certificates;
+            certificates.sort_by_key(|c| {
+                c.hostname
+                    .as_deref()
+                    .map_or((2, Reverse(0), String::new()), |h| host_order(h))
+            });
+            certificates.dedup();
+            listeners.push(Listener {
+                name: address.to_string(),
+                address: address.ip(),
+                port: address.port(),
+                protocol: entry.protocol,
+                certificates,
+                virtual_hosts: hosts,
+            });
+        }
+        Ir {
+            listeners,
+            pools: std::mem::take(&mut ir.pools),
+            certificates: std::mem::take(&mut ir.certificates),
+        }
+    }
+}
+
+/// Exact names first (alphabetically), then wildcards with the longest suffix first, then `*`.
+fn host_order(hostname: &str) -> (u8, Reverse<usize>, String) {
+    if hostname == "*" {
+        (2, Reverse(0), String::new())
+    } else if hostname.starts_with("*.") {
+        (1, Reverse(hostname.len()), hostname.to_string())
+    } else {
+        (0, Reverse(0), hostname.to_string())
+    }
+}
+
+/// The socket address of a VIP and port.
+pub fn socket(address: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(address, port)
+}

@@ -1,0 +1,629 @@
+//! GatewayClasses, Gateways and their listeners: which are Portico's, which are valid, and where they listen.
+
+use crate::assemble::socket;
+use crate::refgrant::{RefEnd, permitted};
+use crate::tls::{CertError, load_certificate};
+use crate::{Context, hostname, not, ok};
+use portico_ir::{Protocol, SniCertificate};
+use portico_resources::core::LabelSelector;
+use portico_resources::gateway::{Gateway, RouteGroupKind};
+use portico_resources::status::{
+    Condition, GatewayStatus, GatewayStatusAddress, ListenerStatus, ResourceStatus,
+};
+use portico_resources::{Kind, ObjectKey, ResourceRef, Snapshot};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// A Gateway of Portico's, after validation.
+pub struct GatewayInfo {
+    pub reference: ResourceRef,
+    pub generation: Option<i64>,
+    pub addresses: Vec<IpAddr>,
+    pub conditions: Vec<Condition>,
+    pub listeners: Vec<ListenerInfo>,
+}
+
+/// A listener after validation; routes attach to it when `ready`.
+pub struct ListenerInfo {
+    pub name: String,
+    pub hostname: Option<String>,
+    pub port: u16,
+    pub protocol: Option<Protocol>,
+    pub namespaces: NamespacePolicy,
+    pub supported_kinds: Vec<RouteGroupKind>,
+    pub conditions: Vec<Condition>,
+    pub attached_routes: i32,
+    /// Accepted, resolved and not conflicted: traffic is served.
+    pub ready: bool,
+}
+
+/// Which namespaces' routes a listener admits.
+pub enum NamespacePolicy {
+    Same,
+    All,
+    Selector(LabelSelector),
+}
+
+impl ListenerInfo {
+    /// Whether a route of `kind` in `namespace` may attach.
+    pub fn admits(
+        &self,
+        snapshot: &Snapshot,
+        gateway_namespace: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> bool {
+        let kind_ok = self.supported_kinds.iter().any(|k| k.kind == kind);
+        let namespace_ok = match &self.namespaces {
+            NamespacePolicy::Same => namespace == gateway_namespace,
+            NamespacePolicy::All => true,
+            NamespacePolicy::Selector(selector) => selector_matches(snapshot, selector, namespace),
+        };
+        kind_ok && namespace_ok
+    }
+}
+
+fn selector_matches(snapshot: &Snapshot, selector: &LabelSelector, namespace: &str) -> bool {
+    let mut labels: BTreeMap<String, String> = snapshot
+        .namespaces
+        .get(&ObjectKey::new("", namespace))
+        .and_then(|ns| ns.metadata.labels.clone())
+        .unwrap_or_default();
+    labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// Marks Portico's GatewayClasses Accepted and validates the Gateways of those classes, registering their
+/// listeners. Gateways are taken oldest first, so when two claim one socket the older keeps it.
+pub fn translate_gateways(cx: &mut Context<'_>) -> Vec<GatewayInfo> {
+    let ours: Vec<ObjectKey> = cx
+        .snapshot
+        .gateway_classes
+        .iter()
+        .filter(|(_, class)| class.spec.controller_name == cx.options.gateway_controller)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &ours {
+        let class = &cx.snapshot.gateway_classes[key];
+        let condition = ok(
+            "Accepted",
+            "Accepted",
+            "Handled by Portico",
+            class.metadata.generation,
+        );
+        cx.set_status(
+            ResourceRef {
+                kind: Kind::GatewayClass,
+                key: key.clone(),
+            },
+            ResourceStatus::Conditions {
+                conditions: vec![condition],
+            },
+        );
+    }
+    let mut gateways: Vec<(&ObjectKey, &Gateway)> = cx
+        .snapshot
+        .gateways
+        .iter()
+        .filter(|(_, g)| ours.iter().any(|c| c.name == g.spec.gateway_class_name))
+        .collect();
+    gateways.sort_by_key(|(key, g)| {
+        (
+            g.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            (*key).clone(),
+        )
+    });
+    gateways
+        .into_iter()
+        .map(|(key, gateway)| translate_gateway(cx, key, gateway))
+        .collect()
+}
+
+fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -> GatewayInfo {
+    let reference = ResourceRef {
+        kind: Kind::Gateway,
+        key: key.clone(),
+    };
+    let generation = gateway.metadata.generation;
+    let mut conditions = Vec::new();
+
+    let mut addresses = Vec::new();
+    let mut unsupported_address = None;
+    for (i, address) in gateway.spec.addresses.iter().enumerate() {
+        let kind = address.kind.as_deref().unwrap_or("IPAddress");
+        match (kind, address.value.parse::<IpAddr>()) {
+            ("IPAddress", Ok(ip)) => addresses.push(ip),
+            ("IPAddress", Err(_)) => {
+                unsupported_address = Some(format!("{:?} is not an IP address", address.value));
+                cx.error(
+                    &reference,
+                    format!("spec.addresses[{i}].value"),
+                    format!("{:?} is not an IP address", address.value),
+                );
+            }
+            (other, _) => {
+                unsupported_address = Some(format!(
+                    "address type {other} is not supported (use IPAddress)"
+                ));
+                cx.error(
+                    &reference,
+                    format!("spec.addresses[{i}].type"),
+                    format!("{other} is not supported; use IPAddress"),
+                );
+            }
+        }
+    }
+    if gateway.spec.addresses.is_empty() {
+        addresses.extend(cx.options.default_gateway_address);
+    }
+
+    let mut listeners: Vec<ListenerInfo> = gateway
+        .spec
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, _)| validate_listener(cx, &reference, gateway, i))
+        .collect();
+    mark_conflicts(&mut listeners);
+
+    // Claim sockets for listeners that are ready.
+    for listener in listeners.iter_mut().filter(|l| l.ready) {
+        let Some(protocol) = listener.protocol else {
+            continue;
+        };
+        let owner = reference.to_string();
+        let mut clash = None;
+        for ip in &addresses {
+            let address = socket(*ip, listener.port);
+            if let Some((existing, by)) = cx.routes.protocol_of(address) {
+                if existing != protocol {
+                    clash = Some(format!("{address} already serves {existing:?} for {by}"));
+                }
+            }
+        }
+        if let Some(message) = clash {
+            listener.ready = false;
+            set_condition(
+                &mut listener.conditions,
+                Condition::new(
+                    "Conflicted",
+                    true,
+                    "ProtocolConflict",
+                    message.clone(),
+                    generation,
+                ),
+            );
+            set_condition(
+                &mut listener.conditions,
+                not("Programmed", "Invalid", message, generation),
+            );
+        }
+    }
+    for (i, listener) in listeners.iter().enumerate().filter(|(_, l)| l.ready) {
+        let Some(protocol) = listener.protocol else {
+            continue;
+        };
+        let spec = &gateway.spec.listeners[i];
+        let certificates: Vec<String> = spec
+            .tls
+            .iter()
+            .flat_map(|t| t.certificate_refs.iter())
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r.namespace.as_deref().unwrap_or(&key.namespace),
+                    r.name
+                )
+            })
+            .filter(|name| cx.out.ir.certificates.contains_key(name))
+            .collect();
+        for ip in &addresses {
+            if let Ok(entry) =
+                cx.routes
+                    .listener(socket(*ip, listener.port), protocol, &reference.to_string())
+            {
+                for certificate in &certificates {
+                    entry.certificates.push(SniCertificate {
+                        hostname: listener.hostname.clone(),
+                        certificate: certificate.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    let valid = listeners.iter().filter(|l| l.ready).count();
+    match (&unsupported_address, valid, listeners.len()) {
+        (Some(why), _, _) => conditions.push(not(
+            "Accepted",
+            "UnsupportedAddress",
+            why.clone(),
+            generation,
+        )),
+        (None, 0, n) if n > 0 => conditions.push(not(
+            "Accepted",
+            "ListenersNotValid",
+            "No listener is valid",
+            generation,
+        )),
+        (None, v, n) if v < n => conditions.push(ok(
+            "Accepted",
+            "ListenersNotValid",
+            "Some listeners are not valid",
+            generation,
+        )),
+        _ => conditions.push(ok("Accepted", "Accepted", "Gateway accepted", generation)),
+    }
+    if unsupported_address.is_some() {
+        conditions.push(not(
+            "Programmed",
+            "AddressNotUsable",
+            "The requested address cannot be used",
+            generation,
+        ));
+    } else if addresses.is_empty() {
+        conditions.push(not(
+            "Programmed",
+            "AddressNotAssigned",
+            "No address: set spec.addresses or Portico's default Gateway address",
+            generation,
+        ));
+        for listener in &mut listeners {
+            listener.ready = false;
+        }
+    } else if valid == 0 {
+        conditions.push(not(
+            "Programmed",
+            "Invalid",
+            "No listener is valid",
+            generation,
+        ));
+    } else {
+        conditions.push(ok("Programmed", "Programmed", "Listening", generation));
+    }
+    if unsupported_address.is_some() {
+        for listener in &mut listeners {
+            listener.ready = false;
+        }
+    }
+    GatewayInfo {
+        reference,
+        generation,
+        addresses,
+        conditions,
+        listeners,
+    }
+}
+
+fn validate_listener(
+    cx: &mut Context<'_>,
+    reference: &ResourceRef,
+    gateway: &Gateway,
+    index: usize,
+) -> ListenerInfo {
+    let spec = &gateway.spec.listeners[index];
+    let generation = gateway.metadata.generation;
+    let field = |rest: &str| format!("spec.listeners[{index}]{rest}");
+    let mut accepted: Result<(), (&str, String)> = Ok(());
+    let mut resolved: Result<(), (&str, String)> = Ok(());
+
+    let protocol = match spec.protocol.as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTPS" => Some(Protocol::Https),
+        other => {
+            let message =
+                format!("protocol {other} is not supported on this listener (HTTP and HTTPS are)");
+            cx.error(reference, field(".protocol"), message.clone());
+            accepted = Err(("UnsupportedProtocol", message));
+            None
+        }
+    };
+    let port = u16::try_from(spec.port).ok().filter(|p| *p > 0);
+    if port.is_none() {
+        let message = format!("port {} is out of range 1-65535", spec.port);
+        cx.error(reference, field(".port"), message.clone());
+        accepted = Err(("PortUnavailable", message));
+    }
+    if let Some(name) = &spec.hostname {
+        if let Err(message) = hostname::validate(name) {
+            cx.error(reference, field(".hostname"), message.clone());
+            accepted = Err(("UnsupportedValue", message));
+        }
+    }
+
+    // Route kinds.
+    let default_kinds = vec![RouteGroupKind {
+        group: Some(GATEWAY_GROUP.into()),
+        kind: "HTTPRoute".into(),
+    }];
+    let allowed = spec.allowed_routes.clone().unwrap_or_default();
+    let supported_kinds = if allowed.kinds.is_empty() {
+        default_kinds
+    } else {
+        let (good, bad): (Vec<_>, Vec<_>) = allowed.kinds.iter().cloned().partition(|k| {
+            k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP)
+        });
+        if !bad.is_empty() {
+            let names: Vec<&str> = bad.iter().map(|k| k.kind.as_str()).collect();
+            let message = format!(
+                "route kinds {names:?} are not supported on a {} listener",
+                spec.protocol
+            );
+            cx.error(reference, field(".allowedRoutes.kinds"), message.clone());
+            resolved = Err(("InvalidRouteKinds", message));
+        }
+        good.into_iter()
+            .map(|k| RouteGroupKind {
+                group: Some(GATEWAY_GROUP.into()),
+                kind: k.kind,
+            })
+            .collect()
+    };
+    let namespaces = match allowed
+        .namespaces
+        .as_ref()
+        .and_then(|n| n.from.as_deref())
+        .unwrap_or("Same")
+    {
+        "All" => NamespacePolicy::All,
+        "Selector" => match allowed.namespaces.as_ref().and_then(|n| n.selector.clone()) {
+            Some(selector) => NamespacePolicy::Selector(selector),
+            None => {
+                cx.error(
+                    reference,
+                    field(".allowedRoutes.namespaces.selector"),
+                    "from: Selector needs a selector",
+                );
+                NamespacePolicy::Same
+            }
+        },
+        "Same" => NamespacePolicy::Same,
+        other => {
+            cx.error(
+                reference,
+                field(".allowedRoutes.namespaces.from"),
+                format!("{other:?} is not Same, All or Selector"),
+            );
+            NamespacePolicy::Same
+        }
+    };
+
+    // Certificates.
+    if protocol == Some(Protocol::Https) {
+        let tls = spec.tls.clone().unwrap_or_default();
+        if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+            let message =
+                "HTTPS listeners terminate TLS; use protocol TLS for Passthrough".to_string();
+            cx.error(reference, field(".tls.mode"), message.clone());
+            accepted = Err(("UnsupportedValue", message));
+        }
+        let mut usable = 0;
+        let mut problems = Vec::new();
+        if tls.certificate_refs.is_empty() {
+            problems.push((
+                "InvalidCertificateRef",
+                "an HTTPS listener needs tls.certificateRefs".to_string(),
+            ));
+            cx.error(
+                reference,
+                field(".tls.certificateRefs"),
+                "an HTTPS listener needs at least one certificate",
+            );
+        }
+        for (i, cert_ref) in tls.certificate_refs.iter().enumerate() {
+            let at = field(&format!(".tls.certificateRefs[{i}]"));
+            let group = cert_ref.group.as_deref().unwrap_or("");
+            let kind = cert_ref.kind.as_deref().unwrap_or("Secret");
+            let namespace = cert_ref
+                .namespace
+                .as_deref()
+                .unwrap_or(&reference.key.namespace);
+            let secret_key = ObjectKey::new(namespace, &cert_ref.name);
+            let problem = if group != "" || kind != "Secret" {
+                Some((
+                    "InvalidCertificateRef",
+                    format!("{kind} in group {group:?} is not a Secret"),
+                ))
+            } else if !permitted(
+                cx.snapshot,
+                &RefEnd {
+                    group: GATEWAY_GROUP,
+                    kind: "Gateway",
+                    namespace: &reference.key.namespace,
+                },
+                &RefEnd {
+                    group: "",
+                    kind: "Secret",
+                    namespace,
+                },
+                &cert_ref.name,
+            ) {
+                Some((
+                    "RefNotPermitted",
+                    format!(
+                        "no ReferenceGrant in {namespace} lets this Gateway use Secret {secret_key}"
+                    ),
+                ))
+            } else {
+                match load_certificate(cx.snapshot, &secret_key) {
+                    Ok(certificate) => {
+                        cx.out
+                            .ir
+                            .certificates
+                            .insert(secret_key.to_string(), certificate);
+                        usable += 1;
+                        None
+                    }
+                    Err(CertError::NotFound(m) | CertError::Invalid(m)) => {
+                        Some(("InvalidCertificateRef", m))
+                    }
+                }
+            };
+            if let Some((reason, message)) = problem {
+                cx.error(reference, at, message.clone());
+                problems.push((reason, message));
+            }
+        }
+        if let Some((reason, message)) = problems.into_iter().next() {
+            if resolved.is_ok() {
+                resolved = Err((reason, message));
+            }
+            if usable == 0 && accepted.is_ok() {
+                accepted = Err(("Invalid", "no usable certificate".into()));
+            }
+        }
+    }
+
+    let mut conditions = Vec::new();
+    match &accepted {
+        Ok(()) => conditions.push(ok("Accepted", "Accepted", "Listener accepted", generation)),
+        Err((reason, message)) => {
+            conditions.push(not("Accepted", reason, message.clone(), generation))
+        }
+    }
+    match &resolved {
+        Ok(()) => conditions.push(ok(
+            "ResolvedRefs",
+            "ResolvedRefs",
+            "References resolved",
+            generation,
+        )),
+        Err((reason, message)) => {
+            conditions.push(not("ResolvedRefs", reason, message.clone(), generation))
+        }
+    }
+    conditions.push(Condition::new(
+        "Conflicted",
+        false,
+        "NoConflicts",
+        "No conflicts",
+        generation,
+    ));
+    let ready = accepted.is_ok()
+        && (resolved.is_ok() || matches!(resolved, Err(("InvalidRouteKinds", _))))
+        && port.is_some();
+    if ready {
+        conditions.push(ok("Programmed", "Programmed", "Listening", generation));
+    } else {
+        conditions.push(not(
+            "Programmed",
+            "Invalid",
+            "Listener is not valid",
+            generation,
+        ));
+    }
+    ListenerInfo {
+        name: spec.name.clone(),
+        hostname: spec.hostname.clone(),
+        port: port.unwrap_or(0),
+        protocol,
+        namespaces,
+        supported_kinds,
+        conditions,
+        attached_routes: 0,
+        ready: ready && protocol.is_some(),
+    }
+}
+
+/// Within one Gateway: listeners on one port must agree on the protocol, and those with the same protocol
+/// must have distinct hostnames. Both sides of a conflict stop serving, as the spec says.
+fn mark_conflicts(listeners: &mut [ListenerInfo]) {
+    let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        by_port.entry(l.port).or_default().push(i);
+    }
+    for indexes in by_port.values() {
+        let protocols: Vec<_> = indexes.iter().map(|i| listeners[*i].protocol).collect();
+        let mixed = protocols.windows(2).any(|w| w[0] != w[1]);
+        for &i in indexes {
+            let hostname_clash = indexes.iter().any(|&j| {
+                j != i
+                    && listeners[j].protocol == listeners[i].protocol
+                    && listeners[j].hostname == listeners[i].hostname
+            });
+            let reason = if mixed {
+                Some((
+                    "ProtocolConflict",
+                    "another listener on this port uses a different protocol",
+                ))
+            } else if hostname_clash {
+                Some((
+                    "HostnameConflict",
+                    "another listener on this port has the same hostname",
+                ))
+            } else {
+                None
+            };
+            if let Some((reason, message)) = reason {
+                let generation = listeners[i]
+                    .conditions
+                    .first()
+                    .and_then(|c| c.observed_generation);
+                let listener = &mut listeners[i];
+                listener.ready = false;
+                set_condition(
+                    &mut listener.conditions,
+                    Condition::new("Conflicted", true, reason, message, generation),
+                );
+                set_condition(
+                    &mut listener.conditions,
+                    not("Programmed", "Invalid", message, generation),
+                );
+            }
+        }
+    }
+}
+
+fn set_condition(conditions: &mut Vec<Condition>, condition: Condition) {
+    match conditions.iter_mut().find(|c| c.kind == condition.kind) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// Writes each Gateway's status, once routes have been counted.
+pub fn write_gateway_statuses(cx: &mut Context<'_>, gateways: &[GatewayInfo]) {
+    for gateway in gateways {
+        let status = GatewayStatus {
+            addresses: gateway
+                .addresses
+                .iter()
+                .map(|ip| GatewayStatusAddress {
+                    kind: "IPAddress".into(),
+                    value: ip.to_string(),
+                })
+                .collect(),
+            conditions: gateway.conditions.clone(),
+            listeners: gateway
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.name.clone(),
+                    supported_kinds: l.supported_kinds.clone(),
+                    attached_routes: l.attached_routes,
+                    conditions: l.conditions.clone(),
+                })
+                .collect(),
+        };
+        let _ = gateway.generation;
+        cx.set_status(gateway.reference.clone(), ResourceStatus::Gateway(status));
+    }
+}

@@ -1,0 +1,226 @@
+//! The operator's HostRule and HTTPRule, applied to virtual hosts whatever API made them (Ingress or
+//! HTTPRoute): aliases, enabling, and re-encryption to the pool.
+
+use crate::{Context, ok};
+use portico_ir::{Action, PathMatch, UpstreamTls};
+use portico_resources::status::{Condition, ResourceStatus};
+use portico_resources::{Kind, ResourceRef};
+
+/// HostRule fields that name objects inside the vendor's controller; Portico reports them instead of
+/// silently dropping them.
+const VENDOR_ONLY: [&str; 11] = [
+    "wafPolicy",
+    "httpPolicy",
+    "applicationProfile",
+    "analyticsProfile",
+    "analyticsPolicy",
+    "errorPageProfile",
+    "icapProfile",
+    "datascripts",
+    "networkSecurityPolicy",
+    "l7Rule",
+    "gslb",
+];
+
+/// Applies HTTPRules, then HostRules (so that aliases copy the final routes).
+pub fn apply_host_rules(cx: &mut Context<'_>) {
+    apply_http_rules(cx);
+    let rules: Vec<_> = cx
+        .snapshot
+        .host_rules
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, rule) in rules {
+        let reference = ResourceRef {
+            kind: Kind::HostRule,
+            key,
+        };
+        let generation = rule.metadata.generation;
+        let vhost = &rule.spec.virtualhost;
+        let mut remarks = Vec::new();
+        let ignored: Vec<&str> = VENDOR_ONLY
+            .iter()
+            .copied()
+            .filter(|f| vhost.other.contains_key(*f))
+            .collect();
+        for field in &ignored {
+            cx.warning(
+                &reference,
+                format!("spec.virtualhost.{field}"),
+                "names an object that exists only inside the vendor's controller; Portico does not apply it",
+            );
+        }
+        if !ignored.is_empty() {
+            remarks.push(format!("not applied (vendor-only): {}", ignored.join(", ")));
+        }
+        let fqdn_type = vhost.fqdn_type.as_deref().unwrap_or("Exact");
+        if fqdn_type != "Exact" {
+            cx.warning(
+                &reference,
+                "spec.virtualhost.fqdnType",
+                format!("{fqdn_type} is not supported yet; only Exact"),
+            );
+            remarks.push(format!("fqdnType {fqdn_type} not supported"));
+        }
+        let mut found = false;
+        for listener in cx.routes.listeners_mut() {
+            if vhost.enable_virtual_host == Some(false) {
+                found |= listener.hosts.remove(&vhost.fqdn).is_some();
+                listener
+                    .certificates
+                    .retain(|c| c.hostname.as_deref() != Some(vhost.fqdn.as_str()));
+                continue;
+            }
+            let Some(routes) = listener.hosts.get(&vhost.fqdn).cloned() else {
+                continue;
+            };
+            found = true;
+            if fqdn_type != "Exact" {
+                continue;
+            }
+            let certificates: Vec<_> = listener
+                .certificates
+                .iter()
+                .filter(|c| c.hostname.as_deref() == Some(vhost.fqdn.as_str()))
+                .cloned()
+                .collect();
+            for alias in &vhost.aliases {
+                if listener.hosts.contains_key(alias) {
+                    continue;
+                }
+                listener.hosts.insert(alias.clone(), routes.clone());
+                for certificate in &certificates {
+                    let mut copy = certificate.clone();
+                    copy.hostname = Some(alias.clone());
+                    listener.certificates.push(copy);
+                }
+            }
+        }
+        if !found {
+            remarks.push(format!("no virtual host serves {} yet", vhost.fqdn));
+        }
+        let message = if remarks.is_empty() {
+            "Applied".to_string()
+        } else {
+            remarks.join("; ")
+        };
+        cx.set_status(
+            reference,
+            ResourceStatus::Conditions {
+                conditions: vec![ok("Accepted", "Accepted", message, generation)],
+            },
+        );
+    }
+}
+
+/// HTTPRule `paths[].tls.type: reencrypt`: the pools behind matching routes of the FQDN speak TLS, verified
+/// against `destinationCA` (or the system's CAs).
+fn apply_http_rules(cx: &mut Context<'_>) {
+    let rules: Vec<_> = cx
+        .snapshot
+        .http_rules
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, rule) in rules {
+        let reference = ResourceRef {
+            kind: Kind::HttpRule,
+            key,
+        };
+        let generation = rule.metadata.generation;
+        let mut remarks = Vec::new();
+        for (i, path) in rule.spec.paths.iter().enumerate() {
+            for field in path.other.keys() {
+                cx.warning(
+                    &reference,
+                    format!("spec.paths[{i}].{field}"),
+                    "is not honoured yet",
+                );
+                remarks.push(format!("paths[{i}].{field} not honoured yet"));
+            }
+            let Some(tls) = &path.tls else { continue };
+            if tls.kind != "reencrypt" {
+                cx.error(
+                    &reference,
+                    format!("spec.paths[{i}].tls.type"),
+                    format!("{:?} is not reencrypt", tls.kind),
+                );
+                continue;
+            }
+            if tls.destination_ca.is_none() {
+                cx.warning(
+                    &reference,
+                    format!("spec.paths[{i}].tls"),
+                    "no destinationCA: the backend's certificate is verified against the system's CAs",
+                );
+            }
+            let upstream = UpstreamTls {
+                server_name: None,
+                ca_pem: tls.destination_ca.clone(),
+            };
+            let mut pools = Vec::new();
+            for listener in cx.routes.listeners_mut() {
+                let Some(routes) = listener.hosts.get_mut(&rule.spec.fqdn) else {
+                    continue;
+                };
+                for ranked in routes.iter_mut() {
+                    let route = &mut ranked.route;
+                    // As in the operator, HTTPRule applies to the Ingress's paths (HTTPRoute comes later).
+                    if !route.name.starts_with("ingress/")
+                        || !under(&route.matcher.path, &path.target)
+                    {
+                        continue;
+                    }
+                    if let Action::Forward(backends) = &mut route.action {
+                        for backend in backends.iter_mut() {
+                            if let Some(pool) = &backend.pool {
+                                let tls_pool = format!("{pool}+tls");
+                                pools.push((pool.clone(), tls_pool.clone()));
+                                backend.pool = Some(tls_pool);
+                            }
+                        }
+                    }
+                }
+            }
+            for (plain, encrypted) in pools {
+                if let Some(mut pool) = cx.out.ir.pools.get(&plain).cloned() {
+                    pool.name = encrypted.clone();
+                    pool.tls = Some(upstream.clone());
+                    cx.out.ir.pools.insert(encrypted, pool);
+                }
+            }
+        }
+        let message = if remarks.is_empty() {
+            "Applied".to_string()
+        } else {
+            remarks.join("; ")
+        };
+        let conditions: Vec<Condition> = vec![ok("Accepted", "Accepted", message, generation)];
+        cx.set_status(reference, ResourceStatus::Conditions { conditions });
+    }
+    // Plain pools that no route uses any more (all moved to TLS) are dropped.
+    let used: std::collections::BTreeSet<String> = cx
+        .routes
+        .listeners_mut()
+        .flat_map(|l| l.hosts.values())
+        .flatten()
+        .filter_map(|r| match &r.route.action {
+            Action::Forward(b) => Some(b.iter().filter_map(|p| p.pool.clone()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    cx.out.ir.pools.retain(|name, _| used.contains(name));
+}
+
+/// Whether a route's path lies under an HTTPRule target (a path prefix).
+fn under(path: &PathMatch, target: &str) -> bool {
+    let target = target.trim_end_matches('/');
+    match path {
+        PathMatch::Exact(p) | PathMatch::Prefix(p) => {
+            target.is_empty() || p == target || p.starts_with(&format!("{target}/"))
+        }
+        PathMatch::Regex(_) => target.is_empty(),
+    }
+}

@@ -1,0 +1,105 @@
+//! Golden tests: every `testdata/NAME.in.yaml` is loaded and translated, and the IR, statuses and
+//! diagnostics must equal `testdata/NAME.out.yaml`.
+//!
+//! To accept a change in behaviour, run `PORTICO_UPDATE_GOLDEN=1 cargo test -p portico-translate --test
+//! golden` and review the resulting `git diff testdata/` like any other code change.
+//!
+//! A case may start with a line `# options: {json}` to change [`TranslateOptions`] (camelCase fields).
+
+use portico_resources::{Snapshot, parse_manifests};
+use portico_translate::{TranslateOptions, translate};
+use std::path::{Path, PathBuf};
+
+fn options_for(text: &str) -> TranslateOptions {
+    let mut options = TranslateOptions {
+        default_gateway_address: Some("127.0.0.100".parse().expect("ip")),
+        ..TranslateOptions::default()
+    };
+    if let Some(json) = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# options:"))
+    {
+        let patch: serde_json::Value =
+            serde_json::from_str(json.trim()).expect("options line is JSON");
+        let mut current = serde_json::to_value(&options).expect("options serialise");
+        if let (Some(current), Some(patch)) = (current.as_object_mut(), patch.as_object()) {
+            for (k, v) in patch {
+                current.insert(k.clone(), v.clone());
+            }
+        }
+        options =
+            serde_json::from_value(current).expect("options line has TranslateOptions fields");
+    }
+    options
+}
+
+/// Loads and translates one case, returning the YAML that the golden file must hold.
+fn render(input: &Path) -> String {
+    let text = std::fs::read_to_string(input).expect("read case");
+    let name = input.file_name().and_then(|n| n.to_str()).unwrap_or("case");
+    let parsed = parse_manifests(name, &text, "default");
+    let mut snapshot = Snapshot::default();
+    for (resource, source) in parsed.resources {
+        snapshot.insert(resource, Some(source));
+    }
+    let translation = translate(&snapshot, &options_for(&text));
+    let mut report = serde_json::to_value(translation.report()).expect("report serialises");
+    let load: Vec<String> = parsed.diagnostics.iter().map(ToString::to_string).collect();
+    if !load.is_empty() {
+        report["loadDiagnostics"] = serde_json::json!(load);
+    }
+    serde_saphyr::to_string(&report).expect("report as YAML")
+}
+
+fn cases() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("testdata exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(".in.yaml")))
+        .collect();
+    cases.sort();
+    cases
+}
+
+#[test]
+fn golden_cases() {
+    let update = std::env::var_os("PORTICO_UPDATE_GOLDEN").is_some();
+    let cases = cases();
+    assert!(
+        update || cases.len() >= 40,
+        "expected at least 40 golden cases, found {}",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for input in &cases {
+        let output = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));
+        let actual = render(input);
+        if update {
+            std::fs::write(&output, &actual).expect("write golden");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&output).unwrap_or_default();
+        if expected != actual {
+            let first = expected
+                .lines()
+                .zip(actual.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(expected.lines().count().min(actual.lines().count()));
+            failures.push(format!(
+                "{}: differs from line {}\n  expected: {:?}\n  actual:   {:?}",
+                output.display(),
+                first + 1,
+                expected.lines().nth(first).unwrap_or("<end>"),
+                actual.lines().nth(first).unwrap_or("<end>")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} golden case(s) differ (PORTICO_UPDATE_GOLDEN=1 to regenerate, then review git diff):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
