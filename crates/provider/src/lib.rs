@@ -1,1 +1,258 @@
+//! Providers: where resources come from. Each produces a [`Snapshot`] of everything it sees.
+//!
+//! [`FileProvider`] is the embedded default: a set of directories of Kubernetes manifests, read recursively
+//! and watched. A file that stops parsing does not take its objects away: the last good version of each of
+//! them stays in the snapshot (with a warning) until the file is fixed or the object is really deleted.
 
+use portico_resources::{
+    Diagnostic, Resource, ResourceRef, Severity, Snapshot, Source, parse_manifests,
+};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What one load of the provider saw.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    /// Parse errors and warnings, located by file and line.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Number of manifest files read.
+    pub files: usize,
+    /// Documents of kinds Portico does not read (`apiVersion kind`), with how many of each.
+    pub ignored: BTreeMap<String, usize>,
+}
+
+impl Loaded {
+    /// Whether any file had an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Reads manifests from directories.
+pub struct FileProvider {
+    directories: Vec<PathBuf>,
+    default_namespace: String,
+    /// Per file, the objects it held the last time it parsed without error.
+    last_good: BTreeMap<PathBuf, Vec<(Resource, Source)>>,
+}
+
+/// Errors of the file provider.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+}
+
+impl FileProvider {
+    /// A provider over `directories` (or single files); objects without a namespace get `default_namespace`.
+    pub fn new(directories: Vec<PathBuf>, default_namespace: impl Into<String>) -> Self {
+        FileProvider {
+            directories,
+            default_namespace: default_namespace.into(),
+            last_good: BTreeMap::new(),
+        }
+    }
+
+    /// Every manifest file, sorted, so that the snapshot does not depend on directory order.
+    fn files(&self) -> Result<Vec<PathBuf>, ProviderError> {
+        let mut files = Vec::new();
+        for root in &self.directories {
+            if root.is_file() {
+                files.push(root.clone());
+                continue;
+            }
+            let mut pending = vec![root.clone()];
+            while let Some(dir) = pending.pop() {
+                let entries = std::fs::read_dir(&dir).map_err(|source| ProviderError::Read {
+                    path: dir.clone(),
+                    source,
+                })?;
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if name.starts_with('.') {
+                        continue; // editors' temporary files, and hidden directories
+                    }
+                    if path.is_dir() {
+                        pending.push(path);
+                    } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                        files.push(path);
+                    }
+                }
+            }
+        }
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+
+    /// Reads every file into a snapshot.
+    pub fn load(&mut self) -> Result<Loaded, ProviderError> {
+        let mut loaded = Loaded::default();
+        let files = self.files()?;
+        let mut seen = Vec::new();
+        for path in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                // Deleted between listing and reading: the next event reloads.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(ProviderError::Read { path, source }),
+            };
+            loaded.files += 1;
+            let shown = path.display().to_string();
+            let parsed = parse_manifests(&shown, &text, &self.default_namespace);
+            for what in parsed.ignored.iter() {
+                *loaded.ignored.entry(what.clone()).or_default() += 1;
+            }
+            let has_errors = parsed.has_errors();
+            loaded.diagnostics.extend(parsed.diagnostics);
+            let fresh: Vec<ResourceRef> = parsed
+                .resources
+                .iter()
+                .map(|(r, _)| r.resource_ref())
+                .collect();
+            if has_errors {
+                // Keep the last good version of objects the broken file no longer yields.
+                for (resource, source) in self.last_good.get(&path).into_iter().flatten() {
+                    let reference = resource.resource_ref();
+                    if !fresh.contains(&reference) {
+                        loaded.diagnostics.push(Diagnostic {
+                            severity: Severity::Warning,
+                            file: Some(shown.clone()),
+                            line: Some(source.line),
+                            resource: Some(reference),
+                            field: None,
+                            message: "the file has errors; the last good version of this object stays in force".into(),
+                        });
+                        loaded
+                            .snapshot
+                            .insert(resource.clone(), Some(source.clone()));
+                    }
+                }
+            }
+            for (resource, source) in &parsed.resources {
+                let reference = resource.resource_ref();
+                if loaded
+                    .snapshot
+                    .sources
+                    .get(&reference)
+                    .is_some_and(|s| s.file != source.file)
+                {
+                    loaded.diagnostics.push(Diagnostic {
+                        severity: Severity::Warning,
+                        file: Some(shown.clone()),
+                        line: Some(source.line),
+                        resource: Some(reference.clone()),
+                        field: None,
+                        message: "defined more than once; this later definition is used".into(),
+                    });
+                }
+                loaded
+                    .snapshot
+                    .insert(resource.clone(), Some(source.clone()));
+            }
+            if !has_errors {
+                self.last_good.insert(path.clone(), parsed.resources);
+            } else if !self.last_good.contains_key(&path) {
+                self.last_good.insert(path.clone(), parsed.resources);
+            }
+            seen.push(path);
+        }
+        self.last_good.retain(|path, _| seen.contains(path));
+        Ok(loaded)
+    }
+
+    /// Watches the directories and sends a fresh [`Loaded`] after each burst of changes (debounced), until
+    /// the receiver is dropped. The first load is sent at once.
+    pub fn watch(
+        mut self,
+        debounce: Duration,
+    ) -> Result<mpsc::Receiver<Result<Loaded, ProviderError>>, ProviderError> {
+        use notify::Watcher;
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = events_tx.send(());
+                }
+            })
+            .map_err(|source| ProviderError::Watch {
+                path: PathBuf::new(),
+                source,
+            })?;
+        for root in &self.directories {
+            watcher
+                .watch(root, notify::RecursiveMode::Recursive)
+                .map_err(|source| ProviderError::Watch {
+                    path: root.clone(),
+                    source,
+                })?;
+        }
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let _watcher = watcher; // lives as long as the task
+            if tx.send(self.load()).await.is_err() {
+                return;
+            }
+            while events_rx.recv().await.is_some() {
+                // Let a burst of writes (an editor's save, a `cp -r`) settle before reading.
+                tokio::time::sleep(debounce).await;
+                while events_rx.try_recv().is_ok() {}
+                if tx.send(self.load()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n";
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ns.yaml");
+        std::fs::write(&file, NAMESPACE).expect("write");
+        let mut provider = FileProvider::new(vec![dir.path().to_path_buf()], "default");
+        let first = provider.load().expect("load");
+        assert_eq!(first.snapshot.namespaces.len(), 1);
+
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Namespace\nmetadata: [broken\n",
+        )
+        .expect("write");
+        let broken = provider.load().expect("load");
+        assert!(broken.has_errors());
+        assert_eq!(
+            broken.snapshot.namespaces.len(),
+            1,
+            "last good version kept"
+        );
+
+        std::fs::write(&file, "").expect("write");
+        let emptied = provider.load().expect("load");
+        assert!(
+            emptied.snapshot.namespaces.is_empty(),
+            "a clean file really deletes"
+        );
+    }
+}

@@ -1,1 +1,150 @@
+//! Portico's data plane: an HTTP/1.1 and HTTP/2 reverse proxy on hyper, with TLS termination by SNI.
+//!
+//! [`Proxy::apply`] takes a new [`Ir`]: it is compiled off the request path, swapped in atomically (requests
+//! in flight finish on the configuration they started with; the next request sees the new one), and the set
+//! of listening sockets is reconciled. Connections are never dropped by a configuration change.
 
+mod compile;
+mod handler;
+mod listener;
+mod metrics;
+mod upstream;
+
+pub use metrics::Metrics;
+
+use arc_swap::ArcSwap;
+use compile::Compiled;
+use hyper_util::server::graceful::GracefulShutdown;
+use portico_ir::Ir;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Errors of the data plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The IR holds something the data plane cannot use (the translator should have caught it).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// TLS settings could not be built.
+    #[error("TLS setup for {address}: {source}")]
+    Tls {
+        address: SocketAddr,
+        source: rustls::Error,
+    },
+}
+
+/// State shared by every listener and connection.
+pub(crate) struct Shared {
+    pub state: Arc<ArcSwap<Compiled>>,
+    pub metrics: Arc<Metrics>,
+    pub plain_client: upstream::HttpClient,
+    pub graceful: Mutex<Option<GracefulShutdown>>,
+}
+
+/// The proxy runtime.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listeners: tokio::sync::Mutex<HashMap<SocketAddr, listener::ListenerHandle>>,
+}
+
+impl Proxy {
+    /// A proxy with no listeners; call [`Proxy::apply`] to configure it.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        let empty = Compiled {
+            listeners: HashMap::new(),
+        };
+        Proxy {
+            shared: Arc::new(Shared {
+                state: Arc::new(ArcSwap::from_pointee(empty)),
+                metrics,
+                plain_client: upstream::plain_client(),
+                graceful: Mutex::new(Some(GracefulShutdown::new())),
+            }),
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Serves a new configuration. The IR is compiled first; if that fails nothing changes. Then it is
+    /// swapped in, and sockets are opened and closed to match. Sockets that cannot be opened are reported;
+    /// the rest of the configuration is served.
+    pub async fn apply(&self, ir: &Ir, generation: u64) -> Result<Vec<ProxyError>, ProxyError> {
+        let compiled = Compiled::new(ir)?;
+        let wanted: HashMap<SocketAddr, portico_ir::Protocol> = compiled
+            .listeners
+            .iter()
+            .map(|(a, l)| (*a, l.protocol))
+            .collect();
+        self.shared.state.store(Arc::new(compiled));
+        self.shared.metrics.set_generation(generation);
+
+        let mut listeners = self.listeners.lock().await;
+        listeners.retain(|address, handle| {
+            let keep = wanted.get(address) == Some(&handle.protocol);
+            if !keep {
+                tracing::info!(%address, "listener closed");
+                handle.stop();
+            }
+            keep
+        });
+        let mut errors = Vec::new();
+        for (address, protocol) in wanted {
+            if listeners.contains_key(&address) {
+                continue;
+            }
+            match bind(address).await {
+                Ok(socket) => match listener::spawn(socket, address, protocol, self.shared.clone())
+                {
+                    Ok(handle) => {
+                        tracing::info!(%address, ?protocol, "listening");
+                        listeners.insert(address, handle);
+                    }
+                    Err(source) => errors.push(ProxyError::Tls { address, source }),
+                },
+                Err(source) => errors.push(ProxyError::Bind { address, source }),
+            }
+        }
+        Ok(errors)
+    }
+
+    /// The addresses being listened on.
+    pub async fn listening(&self) -> Vec<SocketAddr> {
+        let mut addresses: Vec<_> = self.listeners.lock().await.keys().copied().collect();
+        addresses.sort();
+        addresses
+    }
+
+    /// Stops accepting, lets open connections finish their requests (up to `grace`), then returns.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.listeners.lock().await.clear();
+        let graceful = self.shared.graceful.lock().ok().and_then(|mut g| g.take());
+        if let Some(graceful) = graceful {
+            if tokio::time::timeout(grace, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("connections still open after {grace:?}; closing them");
+            }
+        }
+    }
+}
+
+/// Binds with SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
+async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}

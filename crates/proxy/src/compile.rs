@@ -1,0 +1,297 @@
+//! The IR compiled for the request path: regular expressions built, certificates parsed, pools with their
+//! load-balancing state and upstream TLS settings. Built off the request path, then swapped in whole.
+
+use crate::ProxyError;
+use portico_ir::{Action, Filter, Ir, PathMatch, Protocol, Redirect, StringMatch};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+/// Everything the request path needs, for one configuration generation.
+pub struct Compiled {
+    pub listeners: HashMap<SocketAddr, CompiledListener>,
+}
+
+/// One listening socket's routing table.
+pub struct CompiledListener {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub hosts: Vec<CompiledHost>,
+    pub certificates: Vec<(Option<String>, Arc<CertifiedKey>)>,
+}
+
+/// How a virtual host's name matches the request's host.
+pub enum HostPattern {
+    Exact(String),
+    /// `*.suffix`: stored as `.suffix`.
+    Suffix(String),
+    Any,
+}
+
+impl HostPattern {
+    fn new(hostname: &str) -> Self {
+        if hostname == "*" {
+            HostPattern::Any
+        } else if let Some(suffix) = hostname.strip_prefix('*') {
+            HostPattern::Suffix(suffix.to_string())
+        } else {
+            HostPattern::Exact(hostname.to_string())
+        }
+    }
+
+    /// Whether the (lower-case, port-less) host matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Suffix(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+            HostPattern::Any => true,
+        }
+    }
+}
+
+/// A virtual host.
+pub struct CompiledHost {
+    pub pattern: HostPattern,
+    pub routes: Vec<CompiledRoute>,
+}
+
+/// A compiled string condition.
+pub enum Matcher {
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    fn new(m: &StringMatch) -> Result<Self, ProxyError> {
+        Ok(match m {
+            StringMatch::Exact(v) => Matcher::Exact(v.clone()),
+            StringMatch::Regex(r) => Matcher::Regex(anchored(r)?),
+        })
+    }
+
+    /// Whether the value satisfies the condition.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Exact(v) => v == value,
+            Matcher::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+fn anchored(pattern: &str) -> Result<regex::Regex, ProxyError> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| ProxyError::Config(format!("regex {pattern:?}: {e}")))
+}
+
+/// A compiled path condition.
+pub enum PathMatcher {
+    Exact(String),
+    /// Prefix without its trailing slash (empty for `/`).
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+impl PathMatcher {
+    /// Whether the path matches; prefixes match whole segments only.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Exact(p) => p == path,
+            PathMatcher::Prefix(p) => {
+                p.is_empty()
+                    || (path.starts_with(p.as_str())
+                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+            PathMatcher::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// A route ready for matching.
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    pub path: PathMatcher,
+    pub headers: Vec<(http::HeaderName, Matcher)>,
+    pub query: Vec<(String, Matcher)>,
+    pub method: Option<http::Method>,
+    pub filters: Vec<Filter>,
+    pub action: CompiledAction,
+}
+
+/// What to do with a matched request.
+pub enum CompiledAction {
+    /// Weighted pools; `None` is an invalid backend (answers 500).
+    Forward {
+        pools: Vec<(Option<Arc<CompiledPool>>, u32)>,
+        total_weight: u32,
+    },
+    Redirect(Redirect),
+    Respond {
+        status: http::StatusCode,
+        body: bytes::Bytes,
+    },
+}
+
+/// A pool and its round-robin position.
+pub struct CompiledPool {
+    pub name: Arc<str>,
+    pub endpoints: Vec<SocketAddr>,
+    pub next: AtomicUsize,
+    /// A client that re-encrypts to the endpoints; plain HTTP (the proxy's shared client) when `None`.
+    pub tls_client: Option<crate::upstream::HttpClient>,
+}
+
+impl Compiled {
+    /// Compiles an IR. Fails only on what the translator should already have rejected.
+    pub fn new(ir: &Ir) -> Result<Self, ProxyError> {
+        let mut pools = HashMap::new();
+        for (name, pool) in &ir.pools {
+            let tls_client = match &pool.tls {
+                Some(tls) => {
+                    let config = crate::upstream::client_config(tls.ca_pem.as_deref())?;
+                    Some(crate::upstream::tls_client(
+                        &config,
+                        tls.server_name.as_deref(),
+                    )?)
+                }
+                None => None,
+            };
+            pools.insert(
+                name.clone(),
+                Arc::new(CompiledPool {
+                    name: Arc::from(name.as_str()),
+                    endpoints: pool.endpoints.clone(),
+                    next: AtomicUsize::new(0),
+                    tls_client,
+                }),
+            );
+        }
+        let mut certificates = HashMap::new();
+        for (name, certificate) in &ir.certificates {
+            let key = crate::listener::certified_key(
+                &certificate.chain_pem,
+                certificate.key_pem.expose(),
+            )
+            .map_err(|e| ProxyError::Config(format!("certificate {name}: {e}")))?;
+            certificates.insert(name.clone(), Arc::new(key));
+        }
+        let mut listeners = HashMap::new();
+        for listener in &ir.listeners {
+            let mut hosts = Vec::new();
+            for vhost in &listener.virtual_hosts {
+                let mut routes = Vec::new();
+                for route in &vhost.routes {
+                    routes.push(compile_route(route, &pools)?);
+                }
+                hosts.push(CompiledHost {
+                    pattern: HostPattern::new(&vhost.hostname),
+                    routes,
+                });
+            }
+            let certs = listener
+                .certificates
+                .iter()
+                .filter_map(|c| {
+                    certificates
+                        .get(&c.certificate)
+                        .map(|k| (c.hostname.clone(), k.clone()))
+                })
+                .collect();
+            listeners.insert(
+                SocketAddr::new(listener.address, listener.port),
+                CompiledListener {
+                    name: Arc::from(listener.name.as_str()),
+                    protocol: listener.protocol,
+                    hosts,
+                    certificates: certs,
+                },
+            );
+        }
+        Ok(Compiled { listeners })
+    }
+}
+
+fn compile_route(
+    route: &portico_ir::Route,
+    pools: &HashMap<String, Arc<CompiledPool>>,
+) -> Result<CompiledRoute, ProxyError> {
+    let path = match &route.matcher.path {
+        PathMatch::Exact(p) => PathMatcher::Exact(p.clone()),
+        PathMatch::Prefix(p) => PathMatcher::Prefix(p.trim_end_matches('/').to_string()),
+        PathMatch::Regex(r) => PathMatcher::Regex(anchored(r)?),
+    };
+    let mut headers = Vec::new();
+    for h in &route.matcher.headers {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ProxyError::Config(format!("header name {:?}", h.name)))?;
+        headers.push((name, Matcher::new(&h.value)?));
+    }
+    let mut query = Vec::new();
+    for q in &route.matcher.query_params {
+        query.push((q.name.clone(), Matcher::new(&q.value)?));
+    }
+    let method = match &route.matcher.method {
+        Some(m) => Some(
+            http::Method::from_bytes(m.as_bytes())
+                .map_err(|_| ProxyError::Config(format!("method {m:?}")))?,
+        ),
+        None => None,
+    };
+    let action = match &route.action {
+        Action::Forward(backends) => {
+            let pools: Vec<_> = backends
+                .iter()
+                .map(|b| {
+                    (
+                        b.pool.as_ref().and_then(|p| pools.get(p).cloned()),
+                        b.weight,
+                    )
+                })
+                .collect();
+            CompiledAction::Forward {
+                total_weight: pools.iter().map(|(_, w)| *w).sum(),
+                pools,
+            }
+        }
+        Action::Redirect(r) => CompiledAction::Redirect(r.clone()),
+        Action::Respond { status, body } => CompiledAction::Respond {
+            status: http::StatusCode::from_u16(*status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            body: bytes::Bytes::from(body.clone()),
+        },
+    };
+    Ok(CompiledRoute {
+        name: Arc::from(route.name.as_str()),
+        path,
+        headers,
+        query,
+        method,
+        filters: route.filters.clone(),
+        action,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let p = PathMatcher::Prefix("/pink".into());
+        assert!(p.matches("/pink"));
+        assert!(p.matches("/pink/"));
+        assert!(p.matches("/pink/x"));
+        assert!(!p.matches("/pinky"));
+        assert!(PathMatcher::Prefix(String::new()).matches("/anything"));
+    }
+
+    #[test]
+    fn wildcard_hosts_need_a_label() {
+        let h = HostPattern::new("*.example.com");
+        assert!(h.matches("a.example.com"));
+        assert!(!h.matches("example.com"));
+    }
+}
