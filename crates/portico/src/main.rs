@@ -1,1 +1,332 @@
-fn main() {}
+//! `portico`: the application delivery controller binary.
+//!
+//! Subcommands: `run` (serve from manifest directories), `validate`, `translate`, `testapp` and `demo`.
+
+mod admin;
+mod controller;
+mod demo;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use clap::{Args, Parser, Subcommand};
+use portico_provider::{FileProvider, Loaded};
+use portico_proxy::{Metrics, Proxy};
+use portico_resources::Severity;
+use portico_translate::{TranslateOptions, translate};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Portico: load balancer, Gateway API and Ingress controller, certificates and DNS in one binary.
+#[derive(Parser)]
+#[command(name = "portico", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the manifests in one or more directories, reloading on every change.
+    Run(RunArgs),
+    /// Parse and translate manifests; print each resource's status and every error. Exit 1 on errors.
+    Validate(SourceArgs),
+    /// Print the IR (what the data plane will do) for a set of manifests, as YAML.
+    Translate(SourceArgs),
+    /// Run the test application (white, pink, blue, green pages and /healthz).
+    Testapp(TestappArgs),
+    /// Start four test applications and Portico on the article example, and print what to try.
+    Demo(DemoArgs),
+}
+
+/// Where manifests come from and how they are read.
+#[derive(Args, Clone)]
+struct SourceArgs {
+    /// Directory (read recursively) or file of Kubernetes manifests; repeatable.
+    #[arg(long = "config", short = 'c', value_name = "DIR", required = true)]
+    config: Vec<PathBuf>,
+    /// Namespace of objects that name none (helm output names none).
+    #[arg(long, default_value = "default")]
+    default_namespace: String,
+    #[command(flatten)]
+    translate: TranslateArgs,
+}
+
+/// Settings of the translation.
+#[derive(Args, Clone)]
+struct TranslateArgs {
+    /// VIP that Ingresses are served on; repeatable.
+    #[arg(long = "ingress-address", value_name = "IP", default_values_t = [IpAddr::from([127, 0, 0, 1])])]
+    ingress_addresses: Vec<IpAddr>,
+    /// Address for Gateways that request none.
+    #[arg(long, value_name = "IP")]
+    gateway_address: Option<IpAddr>,
+    /// Ingresses without a class belong to Portico under this class name.
+    #[arg(long, value_name = "NAME")]
+    default_ingress_class: Option<String>,
+}
+
+impl TranslateArgs {
+    fn options(&self) -> TranslateOptions {
+        TranslateOptions {
+            ingress_addresses: self.ingress_addresses.clone(),
+            default_gateway_address: self.gateway_address,
+            default_ingress_class: self.default_ingress_class.clone(),
+            ..TranslateOptions::default()
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Directory for state that must survive restarts (status.json; later: issued certificates).
+    #[arg(long, default_value = "./.portico")]
+    state_dir: PathBuf,
+    /// Admin endpoint (health, metrics, status, config). Keep it on localhost unless it is protected.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// How long to let open requests finish on SIGTERM.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    drain_seconds: u64,
+}
+
+#[derive(Args)]
+struct TestappArgs {
+    /// Instance name shown on every page.
+    #[arg(long, default_value = "testapp")]
+    name: String,
+    /// HTTP listen address ("off" to disable).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http: String,
+    /// HTTPS listen address ("off" to disable).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    https: String,
+    /// PEM certificate chain for HTTPS (self-generated when absent).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Which flavour of the article to serve: httproute (Gateway API) or ingress.
+    #[arg(long, default_value = "httproute", value_parser = ["httproute", "ingress"])]
+    flavour: String,
+    /// The example folder.
+    #[arg(long, default_value = "examples/article")]
+    example: PathBuf,
+    /// Admin endpoint.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value = "0")]
+    seconds: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("portico: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(args, None).await.map(|()| true),
+            Command::Validate(args) => validate(&args),
+            Command::Translate(args) => translate_command(&args).map(|()| true),
+            Command::Testapp(args) => testapp(args).await.map(|()| true),
+            Command::Demo(args) => demo::run(args).await.map(|()| true),
+        }
+    });
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("portico: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_once(args: &SourceArgs) -> anyhow::Result<Loaded> {
+    let mut provider = FileProvider::new(args.config.clone(), args.default_namespace.clone());
+    Ok(provider.load()?)
+}
+
+/// `portico validate`: statuses and errors; `Ok(false)` when there are errors.
+fn validate(args: &SourceArgs) -> anyhow::Result<bool> {
+    let loaded = load_once(args)?;
+    let translation = translate(&loaded.snapshot, &args.translate.options());
+    for (resource, status) in &translation.statuses {
+        let summary: Vec<String> = status
+            .all_conditions()
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.kind.as_str(),
+                    "Accepted" | "ResolvedRefs" | "Programmed" | "Conflicted" | "PartiallyInvalid"
+                )
+            })
+            .map(|c| format!("{}={}({})", c.kind, c.status, c.reason))
+            .collect();
+        let mut summary = summary;
+        summary.dedup();
+        println!(
+            "{resource}: {}",
+            if summary.is_empty() {
+                "served".to_string()
+            } else {
+                summary.join(" ")
+            }
+        );
+    }
+    let mut errors = 0;
+    for diagnostic in loaded
+        .diagnostics
+        .iter()
+        .chain(translation.diagnostics.iter())
+    {
+        if diagnostic.severity == Severity::Error {
+            errors += 1;
+        }
+        println!("{diagnostic}");
+    }
+    let ignored: usize = loaded.ignored.values().sum();
+    println!(
+        "{} file(s), {} object(s) read, {ignored} of other kinds ignored; {errors} error(s)",
+        loaded.files,
+        loaded.snapshot.len()
+    );
+    Ok(errors == 0)
+}
+
+/// `portico translate`: the IR as YAML.
+fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
+    let loaded = load_once(args)?;
+    for diagnostic in &loaded.diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    let translation = translate(&loaded.snapshot, &args.translate.options());
+    for diagnostic in &translation.diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    let value = serde_json::to_value(&translation.ir)?;
+    print!(
+        "{}",
+        serde_saphyr::to_string(&value).context("rendering the IR as YAML")?
+    );
+    Ok(())
+}
+
+/// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
+async fn run(
+    args: RunArgs,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let proxy = Arc::new(Proxy::new(metrics.clone()));
+    let view = Arc::new(ArcSwap::from_pointee(controller::View::default()));
+    let admin = admin::serve(args.admin, view.clone(), metrics.clone()).await?;
+    tracing::info!(%admin, "admin endpoint");
+    let provider = FileProvider::new(
+        args.source.config.clone(),
+        args.source.default_namespace.clone(),
+    );
+    let mut updates = provider.watch(Duration::from_millis(150))?;
+    let mut controller = controller::Controller::new(
+        proxy.clone(),
+        args.source.translate.options(),
+        view,
+        Some(args.state_dir.clone()),
+    );
+    let shutdown = shutdown_signal(stop);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            update = updates.recv() => match update {
+                Some(Ok(loaded)) => controller.apply(loaded).await,
+                // The directory vanished or became unreadable: keep serving the last configuration.
+                Some(Err(error)) => tracing::error!(%error, "cannot read the configuration; serving the last one"),
+                None => break,
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("draining");
+    proxy
+        .shutdown(Duration::from_secs(args.drain_seconds))
+        .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal(stop: Option<tokio::sync::oneshot::Receiver<()>>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let stop = async {
+        match stop {
+            Some(stop) => {
+                let _ = stop.await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+        () = stop => {},
+    }
+}
+
+fn listen_address(text: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).with_context(|| {
+        format!("--{flag} {text:?} is not an address like 0.0.0.0:8080 or \"off\"")
+    })
+}
+
+async fn testapp(args: TestappArgs) -> anyhow::Result<()> {
+    let config = portico_testapp::TestAppConfig {
+        name: args.name,
+        http: listen_address(&args.http, "http")?,
+        https: listen_address(&args.https, "https")?,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+    };
+    let app = portico_testapp::start(config).await?;
+    if let Some(a) = app.http_addr {
+        eprintln!("testapp: http://{a}/");
+    }
+    if let Some(a) = app.https_addr {
+        eprintln!("testapp: https://{a}/");
+    }
+    shutdown_signal(None).await;
+    app.shutdown().await;
+    Ok(())
+}

@@ -185,7 +185,15 @@ impl FileProvider {
         let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // Reading the files ourselves raises access and metadata events: only changes count, or we
+                // would reload forever.
+                use notify::event::{EventKind, ModifyKind};
+                let changed = event.is_ok_and(|e| match e.kind {
+                    EventKind::Modify(ModifyKind::Metadata(_)) => false,
+                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+                    _ => false,
+                });
+                if changed {
                     let _ = events_tx.send(());
                 }
             })

@@ -1,0 +1,174 @@
+//! The control loop: snapshot -> translate -> IR to the runtimes, statuses to the admin API and state dir.
+//!
+//! It also keeps the last good version of every object: when an object's new version has errors (a bad
+//! regex, a missing certificate), the IR is built with its previous version, so a typo in one route never
+//! takes down what was serving. The status still shows the new version's errors.
+
+use arc_swap::ArcSwap;
+use portico_ir::Ir;
+use portico_provider::Loaded;
+use portico_proxy::Proxy;
+use portico_resources::{Diagnostic, Resource, ResourceRef, Severity};
+use portico_translate::{TranslateOptions, Translation, translate};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What the admin API shows: the latest statuses and the IR in force.
+#[derive(Default)]
+pub struct View {
+    pub generation: u64,
+    pub ir: Arc<Ir>,
+    pub status_json: serde_json::Value,
+    /// At least one configuration has been applied.
+    pub ready: bool,
+}
+
+/// The status document (`/api/status`, `state-dir/status.json`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusDocument<'a> {
+    generation: u64,
+    statuses: serde_json::Value,
+    diagnostics: Vec<String>,
+    listener_errors: &'a [String],
+    kept_last_good: Vec<String>,
+}
+
+/// Owns the translation state between configuration changes.
+pub struct Controller {
+    proxy: Arc<Proxy>,
+    options: TranslateOptions,
+    view: Arc<ArcSwap<View>>,
+    state_dir: Option<PathBuf>,
+    generation: u64,
+    last_good: HashMap<ResourceRef, Resource>,
+}
+
+impl Controller {
+    /// A controller feeding `proxy` and publishing to `view`.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        options: TranslateOptions,
+        view: Arc<ArcSwap<View>>,
+        state_dir: Option<PathBuf>,
+    ) -> Self {
+        Controller {
+            proxy,
+            options,
+            view,
+            state_dir,
+            generation: 0,
+            last_good: HashMap::new(),
+        }
+    }
+
+    /// Translates and applies one load of the provider.
+    pub async fn apply(&mut self, loaded: Loaded) {
+        let (translation, served, kept) =
+            translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
+        self.generation += 1;
+        let generation = self.generation;
+        let mut listener_errors = Vec::new();
+        match self.proxy.apply(&served.ir, generation).await {
+            Ok(errors) => listener_errors.extend(errors.iter().map(ToString::to_string)),
+            Err(error) => listener_errors.push(error.to_string()),
+        }
+        for error in &listener_errors {
+            tracing::error!(%error, "listener not serving");
+        }
+        let mut diagnostics: Vec<Diagnostic> = loaded.diagnostics.clone();
+        diagnostics.extend(translation.diagnostics.iter().cloned());
+        for d in &diagnostics {
+            match d.severity {
+                Severity::Error => tracing::warn!("{d}"),
+                Severity::Warning => tracing::info!("{d}"),
+            }
+        }
+        let document = StatusDocument {
+            generation,
+            statuses: serde_json::to_value(translation.report().statuses).unwrap_or_default(),
+            diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+            listener_errors: &listener_errors,
+            kept_last_good: kept.iter().map(ToString::to_string).collect(),
+        };
+        let status_json = serde_json::to_value(&document).unwrap_or_default();
+        if let Some(dir) = &self.state_dir {
+            write_status(dir, &status_json);
+        }
+        tracing::info!(
+            generation,
+            listeners = served.ir.listeners.len(),
+            pools = served.ir.pools.len(),
+            "configuration applied"
+        );
+        self.view.store(Arc::new(View {
+            generation,
+            ir: Arc::new(served.ir),
+            status_json,
+            ready: true,
+        }));
+    }
+}
+
+/// Translates, then re-translates with the last good version of every object whose new version has errors.
+/// Returns the translation whose statuses describe the new objects, the one whose IR is served, and the
+/// objects whose old version was kept.
+pub fn translate_keeping_last_good(
+    loaded: &Loaded,
+    options: &TranslateOptions,
+    last_good: &mut HashMap<ResourceRef, Resource>,
+) -> (Translation, Translation, Vec<ResourceRef>) {
+    let translation = translate(&loaded.snapshot, options);
+    let broken = translation.resources_with_errors();
+    let mut snapshot = loaded.snapshot.clone();
+    let mut kept = Vec::new();
+    for reference in &broken {
+        if let Some(previous) = last_good.get(reference) {
+            if snapshot.get(reference).as_ref() != Some(previous) {
+                snapshot.insert(
+                    previous.clone(),
+                    loaded.snapshot.sources.get(reference).cloned(),
+                );
+                kept.push(reference.clone());
+            }
+        }
+    }
+    // Remember the objects that translated cleanly; forget deleted ones.
+    last_good.retain(|reference, _| loaded.snapshot.get(reference).is_some());
+    for reference in loaded.snapshot.sources.keys() {
+        if !broken.contains(reference) {
+            if let Some(resource) = loaded.snapshot.get(reference) {
+                last_good.insert(reference.clone(), resource);
+            }
+        }
+    }
+    if kept.is_empty() {
+        let served = translation.clone();
+        return (translation, served, kept);
+    }
+    for reference in &kept {
+        tracing::warn!(resource = %reference, "new version has errors; the last good version stays in force");
+    }
+    let served = translate(&snapshot, options);
+    (translation, served, kept)
+}
+
+/// Writes the status document atomically (temp file + rename), readable by the owner only.
+fn write_status(dir: &std::path::Path, status: &serde_json::Value) {
+    let result = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let temp = dir.join(".status.json.tmp");
+        std::fs::write(&temp, serde_json::to_vec_pretty(status).unwrap_or_default())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::fs::rename(&temp, dir.join("status.json"))
+    })();
+    if let Err(error) = result {
+        tracing::warn!(dir = %dir.display(), %error, "cannot write status.json");
+    }
+}
