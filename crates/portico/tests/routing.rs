@@ -1,0 +1,193 @@
+//! Routing behaviour through a real `portico` process: weights, matches and filters, with cases taken from
+//! the Gateway API documentation's examples. The test applications echo what they received
+//! (`x-testapp-path`, `x-testapp-host`, `x-testapp-echo-*`), so rewrites and header edits are observable.
+
+mod common;
+
+use common::{Backends, Portico, get, http_gateway, request, service};
+use std::net::SocketAddr;
+
+fn route(name: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: {name}\nspec:\n  parentRefs: [{{name: gw}}]\n{body}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_backends_split_traffic_in_proportion() {
+    let backends = Backends::start(&["heavy", "light"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = http_gateway("127.0.0.41", 8080)
+        + &service("heavy", backends.http_port(0))
+        + &service("light", backends.http_port(1))
+        + &route(
+            "split",
+            "  hostnames: [split.example]\n  rules:\n  - backendRefs:\n    - {name: heavy, port: 80, weight: 80}\n    - {name: light, port: 80, weight: 20}\n",
+        );
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let _portico = Portico::start(&[dir.path()], 19941, &[]);
+    let vip: SocketAddr = "127.0.0.41:8080".parse().expect("vip");
+    let total = 1000;
+    let mut light = 0;
+    for _ in 0..total {
+        let answer = get(vip, "split.example", "/").await;
+        assert_eq!(answer.status, 200);
+        if answer.header("x-testapp-instance") == "light" {
+            light += 1;
+        }
+    }
+    // Expected 200 of 1000 (binomial, standard deviation about 12.6); 140..=260 is more than 4.5 deviations.
+    assert!(
+        (140..=260).contains(&light),
+        "light backend got {light} of {total}, expected about 200"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matches_and_filters_behave_as_the_spec_examples() {
+    let backends = Backends::start(&["default", "canary", "whale", "poster"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = http_gateway("127.0.0.42", 8080);
+    for (i, name) in ["default", "canary", "whale", "poster"].iter().enumerate() {
+        config += &service(name, backends.http_port(i));
+    }
+    // From the Gateway API "HTTP routing" guide: header, query and method matches.
+    config += &route(
+        "matches",
+        "  hostnames: [match.example]\n  rules:\n  - backendRefs: [{name: default, port: 80}]\n  - matches:\n    - headers: [{name: env, value: canary}]\n    backendRefs: [{name: canary, port: 80}]\n  - matches:\n    - queryParams: [{name: animal, value: whale}]\n    backendRefs: [{name: whale, port: 80}]\n  - matches:\n    - method: POST\n      path: {type: PathPrefix, value: /form}\n    backendRefs: [{name: poster, port: 80}]\n  - matches:\n    - path: {type: RegularExpression, value: \"/v[0-9]+/items\"}\n    backendRefs: [{name: canary, port: 80}]\n",
+    );
+    // From "HTTP redirects and rewrites" and "HTTP header modifiers".
+    config += &route(
+        "filters",
+        "  hostnames: [filter.example]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /old}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {scheme: https, statusCode: 301}\n  - matches: [{path: {type: PathPrefix, value: /paprika}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {hostname: spices.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /fennel}}\n  - matches: [{path: {type: PathPrefix, value: /prefix/one}}]\n    filters:\n    - type: URLRewrite\n      urlRewrite: {hostname: elsewhere.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /pink}}\n    backendRefs: [{name: default, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /headers}}]\n    filters:\n    - type: RequestHeaderModifier\n      requestHeaderModifier:\n        set: [{name: x-echo-set, value: set-by-route}]\n        add: [{name: x-echo-add, value: added}]\n        remove: [x-echo-remove]\n    - type: ResponseHeaderModifier\n      responseHeaderModifier:\n        add: [{name: x-header-add, value: response-added}]\n        remove: [x-testapp-method]\n    backendRefs: [{name: default, port: 80}]\n",
+    );
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let _portico = Portico::start(&[dir.path()], 19942, &[]);
+    let vip: SocketAddr = "127.0.0.42:8080".parse().expect("vip");
+    let instance = |a: &common::Answer| a.header("x-testapp-instance").to_string();
+
+    assert_eq!(instance(&get(vip, "match.example", "/").await), "default");
+    let canary = request(vip, "match.example", "GET", "/", &[("env", "canary")], None)
+        .await
+        .expect("request");
+    assert_eq!(instance(&canary), "canary");
+    assert_eq!(
+        instance(&get(vip, "match.example", "/?animal=whale").await),
+        "whale"
+    );
+    assert_eq!(
+        instance(&get(vip, "match.example", "/?animal=dolphin").await),
+        "default"
+    );
+    let post = request(vip, "match.example", "POST", "/form", &[], None)
+        .await
+        .expect("request");
+    assert_eq!(instance(&post), "poster");
+    assert_eq!(
+        instance(&get(vip, "match.example", "/form").await),
+        "default",
+        "GET does not match the POST rule"
+    );
+    assert_eq!(
+        instance(&get(vip, "match.example", "/v2/items").await),
+        "canary"
+    );
+    assert_eq!(
+        instance(&get(vip, "match.example", "/v2/items/x").await),
+        "default",
+        "a regex matches the whole path"
+    );
+
+    let upgrade = get(vip, "filter.example", "/old/page?x=1").await;
+    assert_eq!(upgrade.status, 301);
+    assert_eq!(
+        upgrade.header("location"),
+        "https://filter.example/old/page?x=1"
+    );
+    let spice = get(vip, "filter.example", "/paprika/smoked").await;
+    assert_eq!(spice.status, 302);
+    assert_eq!(
+        spice.header("location"),
+        "http://spices.example:8080/fennel/smoked"
+    );
+
+    let rewritten = get(vip, "filter.example", "/prefix/one/two").await;
+    assert_eq!(
+        rewritten.status, 200,
+        "the test application serves /pink/two"
+    );
+    assert_eq!(rewritten.header("x-testapp-path"), "/pink/two");
+    assert_eq!(rewritten.header("x-testapp-host"), "elsewhere.example");
+
+    let edited = request(
+        vip,
+        "filter.example",
+        "GET",
+        "/headers",
+        &[("x-echo-set", "client"), ("x-echo-remove", "gone")],
+        None,
+    )
+    .await
+    .expect("request");
+    assert_eq!(edited.header("x-testapp-echo-set"), "set-by-route");
+    assert_eq!(edited.header("x-testapp-echo-add"), "added");
+    assert_eq!(
+        edited.header("x-testapp-echo-remove"),
+        "",
+        "removed before reaching the backend"
+    );
+    assert_eq!(edited.header("x-header-add"), "response-added");
+    assert_eq!(
+        edited.header("x-testapp-method"),
+        "",
+        "removed from the response"
+    );
+    assert!(
+        edited
+            .header("x-testapp-request-headers")
+            .contains("x-forwarded-for"),
+        "X-Forwarded-For added"
+    );
+
+    // Unmatched host and path: 404 with a short body.
+    let unknown = get(vip, "nobody.example", "/").await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.body.len() < 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_answer_502_and_503() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on (bound then released), and a Service without endpoints.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = http_gateway("127.0.0.43", 8080)
+        + &service("down", closed)
+        + "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  ports: [{port: 80}]\n"
+        + &route(
+            "failing",
+            "  hostnames: [fail.example]\n  rules:\n  - matches: [{path: {value: /down}}]\n    backendRefs: [{name: down, port: 80}]\n  - matches: [{path: {value: /empty}}]\n    backendRefs: [{name: empty, port: 80}]\n  - matches: [{path: {value: /missing}}]\n    backendRefs: [{name: missing, port: 80}]\n",
+        );
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let portico = Portico::start(&[dir.path()], 19943, &[]);
+    let vip: SocketAddr = "127.0.0.43:8080".parse().expect("vip");
+    assert_eq!(get(vip, "fail.example", "/down").await.status, 502);
+    assert_eq!(get(vip, "fail.example", "/empty").await.status, 503);
+    assert_eq!(
+        get(vip, "fail.example", "/missing").await.status,
+        500,
+        "the spec's answer for an invalid backendRef"
+    );
+    let metrics = portico.admin_get("/metrics");
+    assert!(
+        metrics
+            .contains("portico_upstream_errors_total{pool=\"default/down:80\",kind=\"connect\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("status=\"503\""), "{metrics}");
+    let status = portico.admin_get("/api/status");
+    assert!(status.contains("BackendNotFound"), "{status}");
+}
