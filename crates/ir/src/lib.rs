@@ -24,9 +24,7 @@ pub struct Ir {
 impl Ir {
     /// The listener bound to an address and port.
     pub fn listener(&self, address: SocketAddr) -> Option<&Listener> {
-        self.listeners
-            .iter()
-            .find(|l| l.address == address.ip() && l.port == address.port())
+        self.listeners.iter().find(|l| l.address == address.ip() && l.port == address.port())
     }
 }
 
@@ -167,10 +165,7 @@ pub enum PathRewrite {
     /// Replace the whole path.
     Full(String),
     /// Replace the part the route's prefix matched (the route's match must be a prefix).
-    Prefix {
-        matched: String,
-        replacement: String,
-    },
+    Prefix { matched: String, replacement: String },
 }
 
 /// Host and path rewrite before forwarding.
@@ -255,10 +250,7 @@ pub struct Certificate {
 
 fn summarise_pem<S: serde::Serializer>(pem: &str, serializer: S) -> Result<S::Ok, S::Error> {
     let blocks = pem.matches("-----BEGIN CERTIFICATE-----").count();
-    serializer.serialize_str(&format!(
-        "<{blocks} certificate(s), {} bytes of PEM>",
-        pem.len()
-    ))
+    serializer.serialize_str(&format!("<{blocks} certificate(s), {} bytes of PEM>", pem.len()))
 }
 
 /// A private key in PEM. It prints as `<redacted>` in every form (Debug, Display, Serialize), so it cannot
@@ -298,9 +290,7 @@ mod tests {
     fn private_keys_never_print() {
         let cert = Certificate {
             chain_pem: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
-            key_pem: SecretPem::new(
-                "-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n".into(),
-            ),
+            key_pem: SecretPem::new("-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n".into()),
         };
         let json = serde_json::to_string(&cert).expect("serialises");
         let debug = format!("{cert:?}");

@@ -17,11 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Starts the admin server; returns the bound address.
-pub async fn serve(
-    address: SocketAddr,
-    view: Arc<ArcSwap<View>>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<SocketAddr> {
+pub async fn serve(address: SocketAddr, view: Arc<ArcSwap<View>>, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the admin endpoint on {address}: {e}"))?;
@@ -50,17 +46,10 @@ pub async fn serve(
     Ok(bound)
 }
 
-fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
 }
 
@@ -69,28 +58,14 @@ fn route(request: &Request<Incoming>, view: &View, metrics: &Metrics) -> Respons
     match request.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" if view.ready => respond(StatusCode::OK, "text/plain", "ready\n"),
-        "/readyz" => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "no configuration applied yet\n",
-        ),
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
-        "/api/status" => respond(
-            StatusCode::OK,
-            JSON,
-            serde_json::to_vec_pretty(&view.status_json).unwrap_or_default(),
-        ),
+        "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no configuration applied yet\n"),
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        "/api/status" => {
+            respond(StatusCode::OK, JSON, serde_json::to_vec_pretty(&view.status_json).unwrap_or_default())
+        }
         "/api/config" => {
             let body = serde_json::json!({ "generation": view.generation, "ir": &*view.ir });
-            respond(
-                StatusCode::OK,
-                JSON,
-                serde_json::to_vec_pretty(&body).unwrap_or_default(),
-            )
+            respond(StatusCode::OK, JSON, serde_json::to_vec_pretty(&body).unwrap_or_default())
         }
         _ => respond(
             StatusCode::NOT_FOUND,

@@ -54,20 +54,12 @@ impl Controller {
         view: Arc<ArcSwap<View>>,
         state_dir: Option<PathBuf>,
     ) -> Self {
-        Controller {
-            proxy,
-            options,
-            view,
-            state_dir,
-            generation: 0,
-            last_good: HashMap::new(),
-        }
+        Controller { proxy, options, view, state_dir, generation: 0, last_good: HashMap::new() }
     }
 
     /// Translates and applies one load of the provider.
     pub async fn apply(&mut self, loaded: Loaded) {
-        let (translation, served, kept) =
-            translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
+        let (translation, served, kept) = translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
         self.generation += 1;
         let generation = self.generation;
         let mut listener_errors = Vec::new();
@@ -103,12 +95,7 @@ impl Controller {
             pools = served.ir.pools.len(),
             "configuration applied"
         );
-        self.view.store(Arc::new(View {
-            generation,
-            ir: Arc::new(served.ir),
-            status_json,
-            ready: true,
-        }));
+        self.view.store(Arc::new(View { generation, ir: Arc::new(served.ir), status_json, ready: true }));
     }
 }
 
@@ -125,23 +112,20 @@ pub fn translate_keeping_last_good(
     let mut snapshot = loaded.snapshot.clone();
     let mut kept = Vec::new();
     for reference in &broken {
-        if let Some(previous) = last_good.get(reference) {
-            if snapshot.get(reference).as_ref() != Some(previous) {
-                snapshot.insert(
-                    previous.clone(),
-                    loaded.snapshot.sources.get(reference).cloned(),
-                );
-                kept.push(reference.clone());
-            }
+        if let Some(previous) = last_good.get(reference)
+            && snapshot.get(reference).as_ref() != Some(previous)
+        {
+            snapshot.insert(previous.clone(), loaded.snapshot.sources.get(reference).cloned());
+            kept.push(reference.clone());
         }
     }
     // Remember the objects that translated cleanly; forget deleted ones.
     last_good.retain(|reference, _| loaded.snapshot.get(reference).is_some());
     for reference in loaded.snapshot.sources.keys() {
-        if !broken.contains(reference) {
-            if let Some(resource) = loaded.snapshot.get(reference) {
-                last_good.insert(reference.clone(), resource);
-            }
+        if !broken.contains(reference)
+            && let Some(resource) = loaded.snapshot.get(reference)
+        {
+            last_good.insert(reference.clone(), resource);
         }
     }
     if kept.is_empty() {

@@ -6,12 +6,8 @@ use anyhow::Context as _;
 use std::net::{IpAddr, SocketAddr};
 
 /// Colour, HTTP port, HTTPS port: as in the example's EndpointSlices.
-const BACKENDS: [(&str, u16, u16); 4] = [
-    ("root", 18080, 18443),
-    ("pink", 18081, 18444),
-    ("blue", 18082, 18445),
-    ("green", 18083, 18446),
-];
+const BACKENDS: [(&str, u16, u16); 4] =
+    [("root", 18080, 18443), ("pink", 18081, 18444), ("blue", 18082, 18445), ("green", 18083, 18446)];
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let tls = args.example.join("tls");
@@ -31,22 +27,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tls_key: Some(tls.join("backend.key")),
         };
         apps.push(
-            portico_testapp::start(config)
-                .await
-                .with_context(|| format!("starting the {colour} test application"))?,
+            portico_testapp::start(config).await.with_context(|| format!("starting the {colour} test application"))?,
         );
     }
-    let vip: IpAddr = if args.flavour == "ingress" {
-        [127, 0, 0, 11].into()
-    } else {
-        [127, 0, 0, 10].into()
-    };
+    let vip: IpAddr = if args.flavour == "ingress" { [127, 0, 0, 11].into() } else { [127, 0, 0, 10].into() };
     let run_args = RunArgs {
         source: SourceArgs {
-            config: vec![
-                args.example.join("common"),
-                args.example.join(&args.flavour),
-            ],
+            config: vec![args.example.join("common"), args.example.join(&args.flavour)],
             default_namespace: "dev".into(),
             translate: TranslateArgs {
                 ingress_addresses: vec![[127, 0, 0, 11].into()],
@@ -59,26 +46,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         drain_seconds: 5,
     };
     let ca = tls.join("root-ca.crt");
-    println!(
-        "Portico demo: the article's {} flavour on VIP {vip}",
-        args.flavour
-    );
-    println!(
-        "Backends: test applications on 127.0.0.1:18080-18083 (HTTP) and :18443-18446 (HTTPS)"
-    );
+    println!("Portico demo: the article's {} flavour on VIP {vip}", args.flavour);
+    println!("Backends: test applications on 127.0.0.1:18080-18083 (HTTP) and :18443-18446 (HTTPS)");
     println!("Try:");
     for host in ["app01-lab.avi.aclab.uk", "application01.aclab.uk"] {
         for path in ["/", "/pink", "/blue", "/green"] {
-            println!(
-                "  curl --cacert {} --resolve {host}:443:{vip} https://{host}{path}",
-                ca.display()
-            );
+            println!("  curl --cacert {} --resolve {host}:443:{vip} https://{host}{path}", ca.display());
         }
     }
-    println!(
-        "Admin: http://{}/api/status  http://{}/metrics",
-        args.admin, args.admin
-    );
+    println!("Admin: http://{}/api/status  http://{}/metrics", args.admin, args.admin);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     if args.seconds > 0 {
         let seconds = args.seconds;

@@ -137,10 +137,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("portico: cannot start the runtime: {error}");
@@ -189,21 +186,10 @@ fn validate(args: &SourceArgs) -> anyhow::Result<bool> {
             .collect();
         let mut summary = summary;
         summary.dedup();
-        println!(
-            "{resource}: {}",
-            if summary.is_empty() {
-                "served".to_string()
-            } else {
-                summary.join(" ")
-            }
-        );
+        println!("{resource}: {}", if summary.is_empty() { "served".to_string() } else { summary.join(" ") });
     }
     let mut errors = 0;
-    for diagnostic in loaded
-        .diagnostics
-        .iter()
-        .chain(translation.diagnostics.iter())
-    {
+    for diagnostic in loaded.diagnostics.iter().chain(translation.diagnostics.iter()) {
         if diagnostic.severity == Severity::Error {
             errors += 1;
         }
@@ -229,34 +215,21 @@ fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
         eprintln!("{diagnostic}");
     }
     let value = serde_json::to_value(&translation.ir)?;
-    print!(
-        "{}",
-        serde_saphyr::to_string(&value).context("rendering the IR as YAML")?
-    );
+    print!("{}", serde_saphyr::to_string(&value).context("rendering the IR as YAML")?);
     Ok(())
 }
 
 /// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
-async fn run(
-    args: RunArgs,
-    stop: Option<tokio::sync::oneshot::Receiver<()>>,
-) -> anyhow::Result<()> {
+async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let proxy = Arc::new(Proxy::new(metrics.clone()));
     let view = Arc::new(ArcSwap::from_pointee(controller::View::default()));
     let admin = admin::serve(args.admin, view.clone(), metrics.clone()).await?;
     tracing::info!(%admin, "admin endpoint");
-    let provider = FileProvider::new(
-        args.source.config.clone(),
-        args.source.default_namespace.clone(),
-    );
+    let provider = FileProvider::new(args.source.config.clone(), args.source.default_namespace.clone());
     let mut updates = provider.watch(Duration::from_millis(150))?;
-    let mut controller = controller::Controller::new(
-        proxy.clone(),
-        args.source.translate.options(),
-        view,
-        Some(args.state_dir.clone()),
-    );
+    let mut controller =
+        controller::Controller::new(proxy.clone(), args.source.translate.options(), view, Some(args.state_dir.clone()));
     let shutdown = shutdown_signal(stop);
     tokio::pin!(shutdown);
     loop {
@@ -271,9 +244,7 @@ async fn run(
         }
     }
     tracing::info!("draining");
-    proxy
-        .shutdown(Duration::from_secs(args.drain_seconds))
-        .await;
+    proxy.shutdown(Duration::from_secs(args.drain_seconds)).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -306,9 +277,7 @@ fn listen_address(text: &str, flag: &str) -> anyhow::Result<Option<SocketAddr>> 
     if text == "off" {
         return Ok(None);
     }
-    text.parse().map(Some).with_context(|| {
-        format!("--{flag} {text:?} is not an address like 0.0.0.0:8080 or \"off\"")
-    })
+    text.parse().map(Some).with_context(|| format!("--{flag} {text:?} is not an address like 0.0.0.0:8080 or \"off\""))
 }
 
 async fn testapp(args: TestappArgs) -> anyhow::Result<()> {

@@ -6,12 +6,7 @@ mod common;
 use common::{Backends, Portico, repo, request, tls_config};
 use std::net::SocketAddr;
 
-const COLOURS: [(&str, &str); 4] = [
-    ("/", "white"),
-    ("/pink", "pink"),
-    ("/blue", "blue"),
-    ("/green", "green"),
-];
+const COLOURS: [(&str, &str); 4] = [("/", "white"), ("/pink", "pink"), ("/blue", "blue"), ("/green", "green")];
 const HOSTS: [&str; 2] = ["app01-lab.avi.aclab.uk", "application01.aclab.uk"];
 
 /// Copies `common` and one flavour of the example into a temp dir, pointing the EndpointSlices at the test
@@ -21,20 +16,11 @@ fn example(flavour: &str, backends: &Backends, vip: &str) -> tempfile::TempDir {
     let source = repo().join("examples/article");
     for folder in ["common", flavour] {
         std::fs::create_dir_all(dir.path().join(folder)).expect("mkdir");
-        for entry in std::fs::read_dir(source.join(folder))
-            .expect("example folder")
-            .flatten()
-        {
+        for entry in std::fs::read_dir(source.join(folder)).expect("example folder").flatten() {
             let mut text = std::fs::read_to_string(entry.path()).expect("read example");
             for i in 0..4 {
-                text = text.replace(
-                    &format!("port: {}", 18080 + i),
-                    &format!("port: {}", backends.http_port(i)),
-                );
-                text = text.replace(
-                    &format!("port: {}", 18443 + i),
-                    &format!("port: {}", backends.https_port(i)),
-                );
+                text = text.replace(&format!("port: {}", 18080 + i), &format!("port: {}", backends.http_port(i)));
+                text = text.replace(&format!("port: {}", 18443 + i), &format!("port: {}", backends.https_port(i)));
             }
             text = text.replace("127.0.0.10", vip);
             std::fs::write(dir.path().join(folder).join(entry.file_name()), text).expect("write");
@@ -48,30 +34,14 @@ async fn check_pages(vip: &str, h2: bool, expect_proto: &str) {
     let address: SocketAddr = format!("{vip}:443").parse().expect("vip");
     for host in HOSTS {
         for (path, colour) in COLOURS {
-            let answer = request(address, host, "GET", path, &[], Some(tls_config(&ca, h2)))
-                .await
-                .expect("HTTPS request");
+            let answer =
+                request(address, host, "GET", path, &[], Some(tls_config(&ca, h2))).await.expect("HTTPS request");
             assert_eq!(answer.status, 200, "{host}{path}: {answer:?}");
-            assert!(
-                answer.body.contains(&format!("<title>{colour}</title>")),
-                "{host}{path} is not the {colour} page"
-            );
+            assert!(answer.body.contains(&format!("<title>{colour}</title>")), "{host}{path} is not the {colour} page");
             let instance = if colour == "white" { "root" } else { colour };
-            assert_eq!(
-                answer.header("x-testapp-instance"),
-                instance,
-                "{host}{path} served by the wrong backend"
-            );
-            assert_eq!(
-                answer.header("x-testapp-proto"),
-                expect_proto,
-                "{host}{path}: backend protocol"
-            );
-            assert_eq!(
-                answer.header("x-testapp-host"),
-                host,
-                "Host is forwarded unchanged"
-            );
+            assert_eq!(answer.header("x-testapp-instance"), instance, "{host}{path} served by the wrong backend");
+            assert_eq!(answer.header("x-testapp-proto"), expect_proto, "{host}{path}: backend protocol");
+            assert_eq!(answer.header("x-testapp-host"), host, "Host is forwarded unchanged");
             if h2 {
                 assert_eq!(answer.version, http::Version::HTTP_2);
             }
@@ -88,9 +58,7 @@ fn conditions(status: &serde_json::Value) -> Vec<String> {
 fn collect_conditions(value: &serde_json::Value, found: &mut Vec<String>) {
     match value {
         serde_json::Value::Object(map) => {
-            if let (Some(t), Some(s), Some(r)) =
-                (map.get("type"), map.get("status"), map.get("reason"))
-            {
+            if let (Some(t), Some(s), Some(r)) = (map.get("type"), map.get("status"), map.get("reason")) {
                 found.push(format!(
                     "{}={}/{}",
                     t.as_str().unwrap_or(""),
@@ -123,8 +91,7 @@ async fn httproute_flavour_serves_every_page_over_https() {
     let plain = common::get(format!("{vip}:80").parse().expect("vip"), HOSTS[0], "/pink").await;
     assert_eq!(plain.status, 404);
 
-    let status: serde_json::Value =
-        serde_json::from_str(&portico.admin_get("/api/status")).expect("status JSON");
+    let status: serde_json::Value = serde_json::from_str(&portico.admin_get("/api/status")).expect("status JSON");
     let gateway = &status["statuses"]["Gateway/dev/app01-aclab-nginx-gateway"];
     assert_eq!(gateway["addresses"][0]["value"], vip);
     let found = conditions(gateway);
@@ -141,10 +108,7 @@ async fn httproute_flavour_serves_every_page_over_https() {
         .expect("https listener");
     assert_eq!(https["attachedRoutes"], 1);
     let route = conditions(&status["statuses"]["HTTPRoute/dev/app01-aclab-nginx-httproute"]);
-    assert_eq!(
-        route,
-        vec!["Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"]
-    );
+    assert_eq!(route, vec!["Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"]);
     drop(portico);
 }
 
@@ -168,12 +132,8 @@ async fn ingress_flavour_reencrypts_to_the_backends() {
         assert_eq!(plain.status, 200, "{host}");
         assert!(plain.body.contains("<title>blue</title>"));
     }
-    let status: serde_json::Value =
-        serde_json::from_str(&portico.admin_get("/api/status")).expect("status JSON");
-    assert_eq!(
-        status["statuses"]["Ingress/dev/app01-aclab-nginx-ing"]["loadBalancer"]["ingress"][0]["ip"],
-        vip
-    );
+    let status: serde_json::Value = serde_json::from_str(&portico.admin_get("/api/status")).expect("status JSON");
+    assert_eq!(status["statuses"]["Ingress/dev/app01-aclab-nginx-ing"]["loadBalancer"]["ingress"][0]["ip"], vip);
     // The HostRule's vendor-only WAF policy is reported, not silently dropped.
     let diagnostics = status["diagnostics"].to_string();
     assert!(diagnostics.contains("wafPolicy"), "{diagnostics}");
@@ -198,10 +158,7 @@ async fn a_backend_with_a_certificate_from_another_ca_is_refused() {
     let endpoints = dir.path().join("ingress/endpoints.yaml");
     let text = std::fs::read_to_string(&endpoints).expect("endpoints");
     let pink = format!("port: {}", backends.https_port(1));
-    let text = text.replace(
-        &pink,
-        &format!("port: {}", rogue.https_addr.expect("https").port()),
-    );
+    let text = text.replace(&pink, &format!("port: {}", rogue.https_addr.expect("https").port()));
     std::fs::write(&endpoints, text).expect("write endpoints");
     let _portico = Portico::start(
         &[&dir.path().join("common"), &dir.path().join("ingress")],
@@ -210,26 +167,8 @@ async fn a_backend_with_a_certificate_from_another_ca_is_refused() {
     );
     let ca = tls.join("root-ca.crt");
     let address: SocketAddr = format!("{vip}:443").parse().expect("vip");
-    let pink = request(
-        address,
-        HOSTS[0],
-        "GET",
-        "/pink",
-        &[],
-        Some(tls_config(&ca, false)),
-    )
-    .await
-    .expect("request");
+    let pink = request(address, HOSTS[0], "GET", "/pink", &[], Some(tls_config(&ca, false))).await.expect("request");
     assert_eq!(pink.status, 502, "an unverified backend must not be used");
-    let blue = request(
-        address,
-        HOSTS[0],
-        "GET",
-        "/blue",
-        &[],
-        Some(tls_config(&ca, false)),
-    )
-    .await
-    .expect("request");
+    let blue = request(address, HOSTS[0], "GET", "/blue", &[], Some(tls_config(&ca, false))).await.expect("request");
     assert_eq!(blue.status, 200);
 }

@@ -33,14 +33,17 @@ impl Load {
                 tokio::spawn(async move {
                     let mut sender = None;
                     let mut sent = 0usize;
-                    while !stop.load(Ordering::Relaxed) && ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < limit {
+                    while !stop.load(Ordering::Relaxed)
+                        && ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < limit
+                    {
                         // Every 25th request of a client opens a new connection, the others reuse theirs.
-                        if sender.is_none() || sent % 25 == 0 {
+                        if sender.is_none() || sent.is_multiple_of(25) {
                             let Ok(stream) = tokio::net::TcpStream::connect(vip).await else {
                                 failed.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             };
-                            let Ok((s, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                            let Ok((s, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                            else {
                                 failed.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             };
@@ -49,7 +52,8 @@ impl Load {
                         }
                         sent += 1;
                         let Some(s) = sender.as_mut() else { continue };
-                        let request = http::Request::get(path).header("host", host).body(Empty::<Bytes>::new()).expect("request");
+                        let request =
+                            http::Request::get(path).header("host", host).body(Empty::<Bytes>::new()).expect("request");
                         let outcome = match s.send_request(request).await {
                             Ok(response) => {
                                 let status = response.status();
@@ -143,7 +147,11 @@ async fn broken_edits_under_load_keep_the_last_good_config() {
     let mut generation = portico.generation();
 
     // 1. Invalid YAML in the changing route's file: the route keeps serving its last good version.
-    write_file(dir.path(), "changing.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: [oops\n");
+    write_file(
+        dir.path(),
+        "changing.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: [oops\n",
+    );
     generation = portico.wait_generation(generation);
     let status = portico.admin_get("/api/status");
     assert!(status.contains("changing.yaml:3: invalid YAML"), "{status}");

@@ -37,10 +37,7 @@ async fn weighted_backends_split_traffic_in_proportion() {
         }
     }
     // Expected 200 of 1000 (binomial, standard deviation about 12.6); 140..=260 is more than 4.5 deviations.
-    assert!(
-        (140..=260).contains(&light),
-        "light backend got {light} of {total}, expected about 200"
-    );
+    assert!((140..=260).contains(&light), "light backend got {light} of {total}, expected about 200");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,87 +64,38 @@ async fn matches_and_filters_behave_as_the_spec_examples() {
     let instance = |a: &common::Answer| a.header("x-testapp-instance").to_string();
 
     assert_eq!(instance(&get(vip, "match.example", "/").await), "default");
-    let canary = request(vip, "match.example", "GET", "/", &[("env", "canary")], None)
-        .await
-        .expect("request");
+    let canary = request(vip, "match.example", "GET", "/", &[("env", "canary")], None).await.expect("request");
     assert_eq!(instance(&canary), "canary");
-    assert_eq!(
-        instance(&get(vip, "match.example", "/?animal=whale").await),
-        "whale"
-    );
-    assert_eq!(
-        instance(&get(vip, "match.example", "/?animal=dolphin").await),
-        "default"
-    );
-    let post = request(vip, "match.example", "POST", "/form", &[], None)
-        .await
-        .expect("request");
+    assert_eq!(instance(&get(vip, "match.example", "/?animal=whale").await), "whale");
+    assert_eq!(instance(&get(vip, "match.example", "/?animal=dolphin").await), "default");
+    let post = request(vip, "match.example", "POST", "/form", &[], None).await.expect("request");
     assert_eq!(instance(&post), "poster");
-    assert_eq!(
-        instance(&get(vip, "match.example", "/form").await),
-        "default",
-        "GET does not match the POST rule"
-    );
-    assert_eq!(
-        instance(&get(vip, "match.example", "/v2/items").await),
-        "canary"
-    );
-    assert_eq!(
-        instance(&get(vip, "match.example", "/v2/items/x").await),
-        "default",
-        "a regex matches the whole path"
-    );
+    assert_eq!(instance(&get(vip, "match.example", "/form").await), "default", "GET does not match the POST rule");
+    assert_eq!(instance(&get(vip, "match.example", "/v2/items").await), "canary");
+    assert_eq!(instance(&get(vip, "match.example", "/v2/items/x").await), "default", "a regex matches the whole path");
 
     let upgrade = get(vip, "filter.example", "/old/page?x=1").await;
     assert_eq!(upgrade.status, 301);
-    assert_eq!(
-        upgrade.header("location"),
-        "https://filter.example/old/page?x=1"
-    );
+    assert_eq!(upgrade.header("location"), "https://filter.example/old/page?x=1");
     let spice = get(vip, "filter.example", "/paprika/smoked").await;
     assert_eq!(spice.status, 302);
-    assert_eq!(
-        spice.header("location"),
-        "http://spices.example:8080/fennel/smoked"
-    );
+    assert_eq!(spice.header("location"), "http://spices.example:8080/fennel/smoked");
 
     let rewritten = get(vip, "filter.example", "/prefix/one/two").await;
-    assert_eq!(
-        rewritten.status, 200,
-        "the test application serves /pink/two"
-    );
+    assert_eq!(rewritten.status, 200, "the test application serves /pink/two");
     assert_eq!(rewritten.header("x-testapp-path"), "/pink/two");
     assert_eq!(rewritten.header("x-testapp-host"), "elsewhere.example");
 
-    let edited = request(
-        vip,
-        "filter.example",
-        "GET",
-        "/headers",
-        &[("x-echo-set", "client"), ("x-echo-remove", "gone")],
-        None,
-    )
-    .await
-    .expect("request");
+    let edited =
+        request(vip, "filter.example", "GET", "/headers", &[("x-echo-set", "client"), ("x-echo-remove", "gone")], None)
+            .await
+            .expect("request");
     assert_eq!(edited.header("x-testapp-echo-set"), "set-by-route");
     assert_eq!(edited.header("x-testapp-echo-add"), "added");
-    assert_eq!(
-        edited.header("x-testapp-echo-remove"),
-        "",
-        "removed before reaching the backend"
-    );
+    assert_eq!(edited.header("x-testapp-echo-remove"), "", "removed before reaching the backend");
     assert_eq!(edited.header("x-header-add"), "response-added");
-    assert_eq!(
-        edited.header("x-testapp-method"),
-        "",
-        "removed from the response"
-    );
-    assert!(
-        edited
-            .header("x-testapp-request-headers")
-            .contains("x-forwarded-for"),
-        "X-Forwarded-For added"
-    );
+    assert_eq!(edited.header("x-testapp-method"), "", "removed from the response");
+    assert!(edited.header("x-testapp-request-headers").contains("x-forwarded-for"), "X-Forwarded-For added");
 
     // Unmatched host and path: 404 with a short body.
     let unknown = get(vip, "nobody.example", "/").await;
@@ -159,11 +107,7 @@ async fn matches_and_filters_behave_as_the_spec_examples() {
 async fn backend_failures_answer_502_and_503() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A port nothing listens on (bound then released), and a Service without endpoints.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let config = http_gateway("127.0.0.43", 8080)
         + &service("down", closed)
         + "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  ports: [{port: 80}]\n"
@@ -176,15 +120,10 @@ async fn backend_failures_answer_502_and_503() {
     let vip: SocketAddr = "127.0.0.43:8080".parse().expect("vip");
     assert_eq!(get(vip, "fail.example", "/down").await.status, 502);
     assert_eq!(get(vip, "fail.example", "/empty").await.status, 503);
-    assert_eq!(
-        get(vip, "fail.example", "/missing").await.status,
-        500,
-        "the spec's answer for an invalid backendRef"
-    );
+    assert_eq!(get(vip, "fail.example", "/missing").await.status, 500, "the spec's answer for an invalid backendRef");
     let metrics = portico.admin_get("/metrics");
     assert!(
-        metrics
-            .contains("portico_upstream_errors_total{pool=\"default/down:80\",kind=\"connect\"} 1"),
+        metrics.contains("portico_upstream_errors_total{pool=\"default/down:80\",kind=\"connect\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("status=\"503\""), "{metrics}");

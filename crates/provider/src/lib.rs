@@ -4,9 +4,7 @@
 //! and watched. A file that stops parsing does not take its objects away: the last good version of each of
 //! them stays in the snapshot (with a warning) until the file is fixed or the object is really deleted.
 
-use portico_resources::{
-    Diagnostic, Resource, ResourceRef, Severity, Snapshot, Source, parse_manifests,
-};
+use portico_resources::{Diagnostic, Resource, ResourceRef, Severity, Snapshot, Source, parse_manifests};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,9 +25,7 @@ pub struct Loaded {
 impl Loaded {
     /// Whether any file had an error.
     pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }
 }
 
@@ -45,25 +41,15 @@ pub struct FileProvider {
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot watch {path}: {source}")]
-    Watch {
-        path: PathBuf,
-        source: notify::Error,
-    },
+    Watch { path: PathBuf, source: notify::Error },
 }
 
 impl FileProvider {
     /// A provider over `directories` (or single files); objects without a namespace get `default_namespace`.
     pub fn new(directories: Vec<PathBuf>, default_namespace: impl Into<String>) -> Self {
-        FileProvider {
-            directories,
-            default_namespace: default_namespace.into(),
-            last_good: BTreeMap::new(),
-        }
+        FileProvider { directories, default_namespace: default_namespace.into(), last_good: BTreeMap::new() }
     }
 
     /// Every manifest file, sorted, so that the snapshot does not depend on directory order.
@@ -76,10 +62,8 @@ impl FileProvider {
             }
             let mut pending = vec![root.clone()];
             while let Some(dir) = pending.pop() {
-                let entries = std::fs::read_dir(&dir).map_err(|source| ProviderError::Read {
-                    path: dir.clone(),
-                    source,
-                })?;
+                let entries =
+                    std::fs::read_dir(&dir).map_err(|source| ProviderError::Read { path: dir.clone(), source })?;
                 for entry in entries.flatten() {
                     let path = entry.path();
                     let name = entry.file_name().to_string_lossy().to_string();
@@ -119,11 +103,7 @@ impl FileProvider {
             }
             let has_errors = parsed.has_errors();
             loaded.diagnostics.extend(parsed.diagnostics);
-            let fresh: Vec<ResourceRef> = parsed
-                .resources
-                .iter()
-                .map(|(r, _)| r.resource_ref())
-                .collect();
+            let fresh: Vec<ResourceRef> = parsed.resources.iter().map(|(r, _)| r.resource_ref()).collect();
             if has_errors {
                 // Keep the last good version of objects the broken file no longer yields.
                 for (resource, source) in self.last_good.get(&path).into_iter().flatten() {
@@ -137,20 +117,13 @@ impl FileProvider {
                             field: None,
                             message: "the file has errors; the last good version of this object stays in force".into(),
                         });
-                        loaded
-                            .snapshot
-                            .insert(resource.clone(), Some(source.clone()));
+                        loaded.snapshot.insert(resource.clone(), Some(source.clone()));
                     }
                 }
             }
             for (resource, source) in &parsed.resources {
                 let reference = resource.resource_ref();
-                if loaded
-                    .snapshot
-                    .sources
-                    .get(&reference)
-                    .is_some_and(|s| s.file != source.file)
-                {
+                if loaded.snapshot.sources.get(&reference).is_some_and(|s| s.file != source.file) {
                     loaded.diagnostics.push(Diagnostic {
                         severity: Severity::Warning,
                         file: Some(shown.clone()),
@@ -160,13 +133,10 @@ impl FileProvider {
                         message: "defined more than once; this later definition is used".into(),
                     });
                 }
-                loaded
-                    .snapshot
-                    .insert(resource.clone(), Some(source.clone()));
+                loaded.snapshot.insert(resource.clone(), Some(source.clone()));
             }
-            if !has_errors {
-                self.last_good.insert(path.clone(), parsed.resources);
-            } else if !self.last_good.contains_key(&path) {
+            // A broken file keeps its previous good set; a file seen broken the first time keeps what it has.
+            if !has_errors || !self.last_good.contains_key(&path) {
                 self.last_good.insert(path.clone(), parsed.resources);
             }
             seen.push(path);
@@ -177,37 +147,27 @@ impl FileProvider {
 
     /// Watches the directories and sends a fresh [`Loaded`] after each burst of changes (debounced), until
     /// the receiver is dropped. The first load is sent at once.
-    pub fn watch(
-        mut self,
-        debounce: Duration,
-    ) -> Result<mpsc::Receiver<Result<Loaded, ProviderError>>, ProviderError> {
+    pub fn watch(mut self, debounce: Duration) -> Result<mpsc::Receiver<Result<Loaded, ProviderError>>, ProviderError> {
         use notify::Watcher;
         let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Reading the files ourselves raises access and metadata events: only changes count, or we
-                // would reload forever.
-                use notify::event::{EventKind, ModifyKind};
-                let changed = event.is_ok_and(|e| match e.kind {
-                    EventKind::Modify(ModifyKind::Metadata(_)) => false,
-                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
-                    _ => false,
-                });
-                if changed {
-                    let _ = events_tx.send(());
-                }
-            })
-            .map_err(|source| ProviderError::Watch {
-                path: PathBuf::new(),
-                source,
-            })?;
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Reading the files ourselves raises access and metadata events: only changes count, or we
+            // would reload forever.
+            use notify::event::{EventKind, ModifyKind};
+            let changed = event.is_ok_and(|e| match e.kind {
+                EventKind::Modify(ModifyKind::Metadata(_)) => false,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+                _ => false,
+            });
+            if changed {
+                let _ = events_tx.send(());
+            }
+        })
+        .map_err(|source| ProviderError::Watch { path: PathBuf::new(), source })?;
         for root in &self.directories {
             watcher
                 .watch(root, notify::RecursiveMode::Recursive)
-                .map_err(|source| ProviderError::Watch {
-                    path: root.clone(),
-                    source,
-                })?;
+                .map_err(|source| ProviderError::Watch { path: root.clone(), source })?;
         }
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -243,24 +203,13 @@ mod tests {
         let first = provider.load().expect("load");
         assert_eq!(first.snapshot.namespaces.len(), 1);
 
-        std::fs::write(
-            &file,
-            "apiVersion: v1\nkind: Namespace\nmetadata: [broken\n",
-        )
-        .expect("write");
+        std::fs::write(&file, "apiVersion: v1\nkind: Namespace\nmetadata: [broken\n").expect("write");
         let broken = provider.load().expect("load");
         assert!(broken.has_errors());
-        assert_eq!(
-            broken.snapshot.namespaces.len(),
-            1,
-            "last good version kept"
-        );
+        assert_eq!(broken.snapshot.namespaces.len(), 1, "last good version kept");
 
         std::fs::write(&file, "").expect("write");
         let emptied = provider.load().expect("load");
-        assert!(
-            emptied.snapshot.namespaces.is_empty(),
-            "a clean file really deletes"
-        );
+        assert!(emptied.snapshot.namespaces.is_empty(), "a clean file really deletes");
     }
 }

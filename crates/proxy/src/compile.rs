@@ -45,9 +45,7 @@ impl HostPattern {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(name) => name == host,
-            HostPattern::Suffix(suffix) => {
-                host.len() > suffix.len() && host.ends_with(suffix.as_str())
-            }
+            HostPattern::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
             HostPattern::Any => true,
         }
     }
@@ -83,8 +81,7 @@ impl Matcher {
 }
 
 fn anchored(pattern: &str) -> Result<regex::Regex, ProxyError> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| ProxyError::Config(format!("regex {pattern:?}: {e}")))
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| ProxyError::Config(format!("regex {pattern:?}: {e}")))
 }
 
 /// A compiled path condition.
@@ -102,8 +99,7 @@ impl PathMatcher {
             PathMatcher::Exact(p) => p == path,
             PathMatcher::Prefix(p) => {
                 p.is_empty()
-                    || (path.starts_with(p.as_str())
-                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+                    || (path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
             }
             PathMatcher::Regex(r) => r.is_match(path),
         }
@@ -152,10 +148,7 @@ impl Compiled {
             let tls_client = match &pool.tls {
                 Some(tls) => {
                     let config = crate::upstream::client_config(tls.ca_pem.as_deref())?;
-                    Some(crate::upstream::tls_client(
-                        &config,
-                        tls.server_name.as_deref(),
-                    )?)
+                    Some(crate::upstream::tls_client(&config, tls.server_name.as_deref())?)
                 }
                 None => None,
             };
@@ -171,11 +164,8 @@ impl Compiled {
         }
         let mut certificates = HashMap::new();
         for (name, certificate) in &ir.certificates {
-            let key = crate::listener::certified_key(
-                &certificate.chain_pem,
-                certificate.key_pem.expose(),
-            )
-            .map_err(|e| ProxyError::Config(format!("certificate {name}: {e}")))?;
+            let key = crate::listener::certified_key(&certificate.chain_pem, certificate.key_pem.expose())
+                .map_err(|e| ProxyError::Config(format!("certificate {name}: {e}")))?;
             certificates.insert(name.clone(), Arc::new(key));
         }
         let mut listeners = HashMap::new();
@@ -186,19 +176,12 @@ impl Compiled {
                 for route in &vhost.routes {
                     routes.push(compile_route(route, &pools)?);
                 }
-                hosts.push(CompiledHost {
-                    pattern: HostPattern::new(&vhost.hostname),
-                    routes,
-                });
+                hosts.push(CompiledHost { pattern: HostPattern::new(&vhost.hostname), routes });
             }
             let certs = listener
                 .certificates
                 .iter()
-                .filter_map(|c| {
-                    certificates
-                        .get(&c.certificate)
-                        .map(|k| (c.hostname.clone(), k.clone()))
-                })
+                .filter_map(|c| certificates.get(&c.certificate).map(|k| (c.hostname.clone(), k.clone())))
                 .collect();
             listeners.insert(
                 SocketAddr::new(listener.address, listener.port),
@@ -234,32 +217,20 @@ fn compile_route(
         query.push((q.name.clone(), Matcher::new(&q.value)?));
     }
     let method = match &route.matcher.method {
-        Some(m) => Some(
-            http::Method::from_bytes(m.as_bytes())
-                .map_err(|_| ProxyError::Config(format!("method {m:?}")))?,
-        ),
+        Some(m) => {
+            Some(http::Method::from_bytes(m.as_bytes()).map_err(|_| ProxyError::Config(format!("method {m:?}")))?)
+        }
         None => None,
     };
     let action = match &route.action {
         Action::Forward(backends) => {
-            let pools: Vec<_> = backends
-                .iter()
-                .map(|b| {
-                    (
-                        b.pool.as_ref().and_then(|p| pools.get(p).cloned()),
-                        b.weight,
-                    )
-                })
-                .collect();
-            CompiledAction::Forward {
-                total_weight: pools.iter().map(|(_, w)| *w).sum(),
-                pools,
-            }
+            let pools: Vec<_> =
+                backends.iter().map(|b| (b.pool.as_ref().and_then(|p| pools.get(p).cloned()), b.weight)).collect();
+            CompiledAction::Forward { total_weight: pools.iter().map(|(_, w)| *w).sum(), pools }
         }
         Action::Redirect(r) => CompiledAction::Redirect(r.clone()),
         Action::Respond { status, body } => CompiledAction::Respond {
-            status: http::StatusCode::from_u16(*status)
-                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            status: http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
             body: bytes::Bytes::from(body.clone()),
         },
     };

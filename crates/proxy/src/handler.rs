@@ -33,16 +33,9 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -52,17 +45,9 @@ fn request_host(request: &Request<Incoming>) -> Option<String> {
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            request
-                .headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })?;
+        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))?;
     let without_port = match raw.rfind(':') {
-        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
-            &raw[..i]
-        }
+        Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
         _ => raw.as_str(),
     };
     Some(without_port.to_ascii_lowercase())
@@ -83,18 +68,11 @@ fn find_route<'a>(
             && route.method.as_ref().is_none_or(|m| m == request.method())
             && route.headers.iter().all(|(name, m)| {
                 // Repeated headers are matched on their values joined with commas, as RFC 9110 allows.
-                let values: Vec<&str> = request
-                    .headers()
-                    .get_all(name)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
+                let values: Vec<&str> =
+                    request.headers().get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
                 !values.is_empty() && m.matches(&values.join(","))
             })
-            && route
-                .query
-                .iter()
-                .all(|(name, m)| query_value(query, name).is_some_and(|v| m.matches(&v)))
+            && route.query.iter().all(|(name, m)| query_value(query, name).is_some_and(|v| m.matches(&v)))
     })
 }
 
@@ -143,9 +121,7 @@ pub async fn handle(
     };
     let host = request_host(&request).unwrap_or_default();
     let Some(route) = find_route(listener, &host, &request) else {
-        shared
-            .metrics
-            .request(&listener.name, "", 404, started.elapsed());
+        shared.metrics.request(&listener.name, "", 404, started.elapsed());
         return local(StatusCode::NOT_FOUND, "no route for this host and path\n");
     };
     let response = match &route.action {
@@ -153,14 +129,8 @@ pub async fn handle(
             redirect_response(redirect, &request, &host, scheme, local_address.port())
         }
         CompiledAction::Respond { status, body } => local(*status, body.clone()),
-        CompiledAction::Forward {
-            pools,
-            total_weight,
-        } => match pick_pool(pools, *total_weight) {
-            None => local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the route's backend is not valid\n",
-            ),
+        CompiledAction::Forward { pools, total_weight } => match pick_pool(pools, *total_weight) {
+            None => local(StatusCode::INTERNAL_SERVER_ERROR, "the route's backend is not valid\n"),
             Some(pool) => forward(shared, route, pool, request, peer, scheme).await,
         },
     };
@@ -170,27 +140,15 @@ pub async fn handle(
             edit_headers(response.headers_mut(), edits);
         }
     }
-    shared.metrics.request(
-        &listener.name,
-        &route.name,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    shared.metrics.request(&listener.name, &route.name, response.status().as_u16(), started.elapsed());
     response
 }
 
-fn pick_pool(
-    pools: &[(Option<std::sync::Arc<CompiledPool>>, u32)],
-    total: u32,
-) -> Option<&CompiledPool> {
+fn pick_pool(pools: &[(Option<std::sync::Arc<CompiledPool>>, u32)], total: u32) -> Option<&CompiledPool> {
     if total == 0 {
         return None;
     }
-    let mut ticket = if pools.len() == 1 {
-        0
-    } else {
-        rand::random_range(0..total)
-    };
+    let mut ticket = if pools.len() == 1 { 0 } else { rand::random_range(0..total) };
     for (pool, weight) in pools {
         if ticket < *weight {
             return pool.as_deref();
@@ -210,13 +168,11 @@ fn redirect_response(
     let new_scheme = redirect.scheme.as_deref().unwrap_or(scheme);
     let new_host = redirect.hostname.as_deref().unwrap_or(host);
     // Gateway API: with no port given, a scheme change uses that scheme's well-known port; else the listener's.
-    let new_port = redirect
-        .port
-        .unwrap_or(if redirect.scheme.is_some() && new_scheme != scheme {
-            if new_scheme == "https" { 443 } else { 80 }
-        } else {
-            port
-        });
+    let new_port = redirect.port.unwrap_or(if redirect.scheme.is_some() && new_scheme != scheme {
+        if new_scheme == "https" { 443 } else { 80 }
+    } else {
+        port
+    });
     let default_port = if new_scheme == "https" { 443 } else { 80 };
     let path = rewrite_path(request.uri().path(), redirect.path.as_ref());
     let mut location = format!("{new_scheme}://{new_host}");
@@ -240,10 +196,7 @@ fn rewrite_path(path: &str, rewrite: Option<&PathRewrite>) -> String {
     match rewrite {
         None => path.to_string(),
         Some(PathRewrite::Full(full)) => full.clone(),
-        Some(PathRewrite::Prefix {
-            matched,
-            replacement,
-        }) => {
+        Some(PathRewrite::Prefix { matched, replacement }) => {
             let matched = matched.trim_end_matches('/');
             let rest = path.get(matched.len()..).unwrap_or("");
             let replacement = replacement.trim_end_matches('/');
@@ -261,18 +214,12 @@ fn rewrite_path(path: &str, rewrite: Option<&PathRewrite>) -> String {
 
 fn edit_headers(headers: &mut http::HeaderMap, edits: &HeaderEdits) {
     for (name, value) in &edits.set {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             headers.insert(name, value);
         }
     }
     for (name, value) in &edits.add {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
             headers.append(name, value);
         }
     }
@@ -292,35 +239,24 @@ async fn forward(
     scheme: &'static str,
 ) -> Response<ProxyBody> {
     if pool.endpoints.is_empty() {
-        return local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no endpoint available for this route\n",
-        );
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no endpoint available for this route\n");
     }
     let index = pool.next.fetch_add(1, Ordering::Relaxed) % pool.endpoints.len();
     let endpoint = pool.endpoints[index];
 
     let (mut parts, body) = request.into_parts();
     // HTTP/2 requests carry the host in :authority only; HTTP/1.1 backends need it as Host.
-    if !parts.headers.contains_key(HOST) {
-        if let Some(value) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(HOST, value);
-        }
+    if !parts.headers.contains_key(HOST)
+        && let Some(value) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(HOST, value);
     }
     let mut path = parts.uri.path().to_string();
     for filter in &route.filters {
         match filter {
             Filter::RequestHeaders(edits) => edit_headers(&mut parts.headers, edits),
             Filter::UrlRewrite(rewrite) => {
-                if let Some(hostname) = rewrite
-                    .hostname
-                    .as_deref()
-                    .and_then(|h| HeaderValue::from_str(h).ok())
-                {
+                if let Some(hostname) = rewrite.hostname.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
                     parts.headers.insert(HOST, hostname);
                 }
                 path = rewrite_path(&path, rewrite.path.as_ref());
@@ -331,26 +267,16 @@ async fn forward(
     for name in HOP_BY_HOP {
         parts.headers.remove(name);
     }
-    let forwarded_for = match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
+    let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         parts.headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
 
-    let upstream_scheme = if pool.tls_client.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let upstream_scheme = if pool.tls_client.is_some() { "https" } else { "http" };
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path,
@@ -370,11 +296,7 @@ async fn forward(
             Response::from_parts(parts, body.boxed())
         }
         Err(error) => {
-            let kind = if error.is_connect() {
-                "connect"
-            } else {
-                "request"
-            };
+            let kind = if error.is_connect() { "connect" } else { "request" };
             shared.metrics.upstream_error(&pool.name, kind);
             tracing::warn!(pool = %pool.name, %endpoint, error = %error_chain(&error), "upstream request failed");
             local(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
@@ -399,25 +321,16 @@ mod tests {
 
     #[test]
     fn prefix_rewrites_keep_the_rest_of_the_path() {
-        let rewrite = PathRewrite::Prefix {
-            matched: "/prefix/one".into(),
-            replacement: "/one".into(),
-        };
+        let rewrite = PathRewrite::Prefix { matched: "/prefix/one".into(), replacement: "/one".into() };
         assert_eq!(rewrite_path("/prefix/one/two", Some(&rewrite)), "/one/two");
-        let to_root = PathRewrite::Prefix {
-            matched: "/strip".into(),
-            replacement: "/".into(),
-        };
+        let to_root = PathRewrite::Prefix { matched: "/strip".into(), replacement: "/".into() };
         assert_eq!(rewrite_path("/strip/a", Some(&to_root)), "/a");
         assert_eq!(rewrite_path("/strip", Some(&to_root)), "/");
     }
 
     #[test]
     fn query_values_are_decoded() {
-        assert_eq!(
-            query_value(Some("a=1&animal=wh%61le&x"), "animal").as_deref(),
-            Some("whale")
-        );
+        assert_eq!(query_value(Some("a=1&animal=wh%61le&x"), "animal").as_deref(), Some("whale"));
         assert_eq!(query_value(Some("x"), "x").as_deref(), Some(""));
         assert_eq!(query_value(None, "x"), None);
     }

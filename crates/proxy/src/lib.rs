@@ -29,16 +29,10 @@ pub enum ProxyError {
     Config(String),
     /// A listening socket could not be opened.
     #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { address: SocketAddr, source: std::io::Error },
     /// TLS settings could not be built.
     #[error("TLS setup for {address}: {source}")]
-    Tls {
-        address: SocketAddr,
-        source: rustls::Error,
-    },
+    Tls { address: SocketAddr, source: rustls::Error },
 }
 
 /// State shared by every listener and connection.
@@ -58,9 +52,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy with no listeners; call [`Proxy::apply`] to configure it.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        let empty = Compiled {
-            listeners: HashMap::new(),
-        };
+        let empty = Compiled { listeners: HashMap::new() };
         Proxy {
             shared: Arc::new(Shared {
                 state: Arc::new(ArcSwap::from_pointee(empty)),
@@ -77,11 +69,8 @@ impl Proxy {
     /// the rest of the configuration is served.
     pub async fn apply(&self, ir: &Ir, generation: u64) -> Result<Vec<ProxyError>, ProxyError> {
         let compiled = Compiled::new(ir)?;
-        let wanted: HashMap<SocketAddr, portico_ir::Protocol> = compiled
-            .listeners
-            .iter()
-            .map(|(a, l)| (*a, l.protocol))
-            .collect();
+        let wanted: HashMap<SocketAddr, portico_ir::Protocol> =
+            compiled.listeners.iter().map(|(a, l)| (*a, l.protocol)).collect();
         self.shared.state.store(Arc::new(compiled));
         self.shared.metrics.set_generation(generation);
 
@@ -100,8 +89,7 @@ impl Proxy {
                 continue;
             }
             match bind(address).await {
-                Ok(socket) => match listener::spawn(socket, address, protocol, self.shared.clone())
-                {
+                Ok(socket) => match listener::spawn(socket, address, protocol, self.shared.clone()) {
                     Ok(handle) => {
                         tracing::info!(%address, ?protocol, "listening");
                         listeners.insert(address, handle);
@@ -125,24 +113,17 @@ impl Proxy {
     pub async fn shutdown(&self, grace: Duration) {
         self.listeners.lock().await.clear();
         let graceful = self.shared.graceful.lock().ok().and_then(|mut g| g.take());
-        if let Some(graceful) = graceful {
-            if tokio::time::timeout(grace, graceful.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!("connections still open after {grace:?}; closing them");
-            }
+        if let Some(graceful) = graceful
+            && tokio::time::timeout(grace, graceful.shutdown()).await.is_err()
+        {
+            tracing::warn!("connections still open after {grace:?}; closing them");
         }
     }
 }
 
 /// Binds with SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
 async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if address.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(address)?;

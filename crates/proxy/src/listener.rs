@@ -29,8 +29,8 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, Str
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(|_| "private key is not valid PEM".to_string())?
         .ok_or_else(|| "no private key".to_string())?;
-    let key = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|_| "unsupported private key type".to_string())?;
+    let key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| "unsupported private key type".to_string())?;
     Ok(CertifiedKey::new(chain, key))
 }
 
@@ -43,9 +43,7 @@ struct SniResolver {
 
 impl std::fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SniResolver")
-            .field("address", &self.address)
-            .finish()
+        f.debug_struct("SniResolver").field("address", &self.address).finish()
     }
 }
 
@@ -56,9 +54,7 @@ impl ResolvesServerCert for SniResolver {
         let name = hello.server_name().map(|n| n.to_ascii_lowercase());
         let certificates = &listener.certificates;
         if let Some(name) = &name {
-            let exact = certificates
-                .iter()
-                .find(|(h, _)| h.as_deref() == Some(name.as_str()));
+            let exact = certificates.iter().find(|(h, _)| h.as_deref() == Some(name.as_str()));
             let wildcard = || {
                 certificates.iter().find(|(h, _)| {
                     h.as_deref()
@@ -70,11 +66,7 @@ impl ResolvesServerCert for SniResolver {
                 return Some(key.clone());
             }
         }
-        certificates
-            .iter()
-            .find(|(h, _)| h.is_none())
-            .or(certificates.first())
-            .map(|(_, key)| key.clone())
+        certificates.iter().find(|(h, _)| h.is_none()).or(certificates.first()).map(|(_, key)| key.clone())
     }
 }
 
@@ -121,10 +113,7 @@ pub fn spawn(
     shared: Arc<Shared>,
 ) -> Result<ListenerHandle, rustls::Error> {
     let tls = match protocol {
-        Protocol::Https => Some(tokio_rustls::TlsAcceptor::from(server_config(
-            shared.state.clone(),
-            address,
-        )?)),
+        Protocol::Https => Some(tokio_rustls::TlsAcceptor::from(server_config(shared.state.clone(), address)?)),
         Protocol::Http => None,
     };
     let task = tokio::spawn(async move {
@@ -145,16 +134,13 @@ pub fn spawn(
             tokio::spawn(async move {
                 match tls {
                     None => serve(shared, stream, address, peer, "http").await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(stream)) => serve(shared, stream, address, peer, "https").await,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%address, %peer, %error, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%address, %peer, "TLS handshake timed out"),
+                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(shared, stream, address, peer, "https").await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%address, %peer, %error, "TLS handshake failed")
                         }
-                    }
+                        Err(_) => tracing::debug!(%address, %peer, "TLS handshake timed out"),
+                    },
                 }
             });
         }
@@ -162,29 +148,18 @@ pub fn spawn(
     Ok(ListenerHandle { protocol, task })
 }
 
-async fn serve<I>(
-    shared: Arc<Shared>,
-    io: I,
-    local: SocketAddr,
-    peer: SocketAddr,
-    scheme: &'static str,
-) where
+async fn serve<I>(shared: Arc<Shared>, io: I, local: SocketAddr, peer: SocketAddr, scheme: &'static str)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let watcher = shared
-        .graceful
-        .lock()
-        .ok()
-        .and_then(|g| g.as_ref().map(|g| g.watcher()));
+    let watcher = shared.graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
     let service_shared = shared.clone();
     let service = service_fn(move |request| {
         let shared = service_shared.clone();
         async move { Ok::<_, Infallible>(handler::handle(&shared, request, local, peer, scheme).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     let result = match watcher {
         Some(watcher) => watcher.watch(connection).await,
         None => connection.await,

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Latency buckets in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// A latency histogram.
 #[derive(Default)]
@@ -33,9 +31,7 @@ impl Metrics {
     /// Records one finished request.
     pub fn request(&self, listener: &str, route: &str, status: u16, elapsed: Duration) {
         if let Ok(mut requests) = self.requests.lock() {
-            *requests
-                .entry((listener.to_string(), route.to_string(), status))
-                .or_default() += 1;
+            *requests.entry((listener.to_string(), route.to_string(), status)).or_default() += 1;
         }
         if let Ok(mut latency) = self.latency.lock() {
             let histogram = latency.entry(listener.to_string()).or_default();
@@ -70,30 +66,13 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP portico_config_generation Configuration generation being served."
-        );
+        let _ = writeln!(out, "# HELP portico_config_generation Configuration generation being served.");
         let _ = writeln!(out, "# TYPE portico_config_generation gauge");
-        let _ = writeln!(
-            out,
-            "portico_config_generation {}",
-            self.generation.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP portico_connections_total Downstream connections accepted."
-        );
+        let _ = writeln!(out, "portico_config_generation {}", self.generation.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP portico_connections_total Downstream connections accepted.");
         let _ = writeln!(out, "# TYPE portico_connections_total counter");
-        let _ = writeln!(
-            out,
-            "portico_connections_total {}",
-            self.connections.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP portico_requests_total Requests answered, by listener, route and status."
-        );
+        let _ = writeln!(out, "portico_connections_total {}", self.connections.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP portico_requests_total Requests answered, by listener, route and status.");
         let _ = writeln!(out, "# TYPE portico_requests_total counter");
         if let Ok(requests) = self.requests.lock() {
             let mut rows: Vec<_> = requests.iter().collect();
@@ -107,10 +86,7 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP portico_request_duration_seconds Time from request to response headers."
-        );
+        let _ = writeln!(out, "# HELP portico_request_duration_seconds Time from request to response headers.");
         let _ = writeln!(out, "# TYPE portico_request_duration_seconds histogram");
         if let Ok(latency) = self.latency.lock() {
             let mut rows: Vec<_> = latency.iter().collect();
@@ -129,32 +105,18 @@ impl Metrics {
                     "portico_request_duration_seconds_bucket{{listener=\"{l}\",le=\"+Inf\"}} {}",
                     h.total
                 );
-                let _ = writeln!(
-                    out,
-                    "portico_request_duration_seconds_sum{{listener=\"{l}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "portico_request_duration_seconds_count{{listener=\"{l}\"}} {}",
-                    h.total
-                );
+                let _ = writeln!(out, "portico_request_duration_seconds_sum{{listener=\"{l}\"}} {}", h.sum);
+                let _ = writeln!(out, "portico_request_duration_seconds_count{{listener=\"{l}\"}} {}", h.total);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP portico_upstream_errors_total Failures to reach a pool's endpoints."
-        );
+        let _ = writeln!(out, "# HELP portico_upstream_errors_total Failures to reach a pool's endpoints.");
         let _ = writeln!(out, "# TYPE portico_upstream_errors_total counter");
         if let Ok(errors) = self.upstream_errors.lock() {
             let mut rows: Vec<_> = errors.iter().collect();
             rows.sort();
             for ((pool, kind), count) in rows {
-                let _ = writeln!(
-                    out,
-                    "portico_upstream_errors_total{{pool=\"{}\",kind=\"{kind}\"}} {count}",
-                    escape(pool)
-                );
+                let _ =
+                    writeln!(out, "portico_upstream_errors_total{{pool=\"{}\",kind=\"{kind}\"}} {count}", escape(pool));
             }
         }
         out
@@ -162,8 +124,5 @@ impl Metrics {
 }
 
 fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

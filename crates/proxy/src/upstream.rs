@@ -30,15 +30,10 @@ fn build(https: HttpsConnector<HttpConnector>) -> HttpClient {
 /// A client for plain-HTTP pools (its TLS side trusts the web PKI and is not used for them).
 pub fn plain_client() -> HttpClient {
     let tls = client_config(None).unwrap_or_else(|_| {
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        })
-        .unwrap_or_else(|_| unreachable_config())
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
+            .unwrap_or_else(|_| unreachable_config())
     });
     build(
         hyper_rustls::HttpsConnectorBuilder::new()
@@ -51,24 +46,16 @@ pub fn plain_client() -> HttpClient {
 
 fn unreachable_config() -> rustls::ClientConfig {
     // The ring provider always supports the safe default versions; this keeps the signature infallible.
-    rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
+    rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
 }
 
 /// A client for a TLS pool; `server_name` fixes the SNI and verified name (else the endpoint's IP).
-pub fn tls_client(
-    config: &rustls::ClientConfig,
-    server_name: Option<&str>,
-) -> Result<HttpClient, ProxyError> {
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config.clone())
-        .https_or_http();
+pub fn tls_client(config: &rustls::ClientConfig, server_name: Option<&str>) -> Result<HttpClient, ProxyError> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config.clone()).https_or_http();
     let builder = match server_name {
         Some(name) => {
-            let name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|_| {
-                ProxyError::Config(format!("{name:?} is not a valid TLS server name"))
-            })?;
+            let name = rustls::pki_types::ServerName::try_from(name.to_string())
+                .map_err(|_| ProxyError::Config(format!("{name:?} is not a valid TLS server name")))?;
             builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
         }
         None => builder,
@@ -83,9 +70,7 @@ pub fn client_config(ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Proxy
         Some(pem) => {
             for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
                 let cert = cert.map_err(|e| ProxyError::Config(format!("CA bundle: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| ProxyError::Config(format!("CA bundle: {e}")))?;
+                roots.add(cert).map_err(|e| ProxyError::Config(format!("CA bundle: {e}")))?;
             }
             if roots.is_empty() {
                 return Err(ProxyError::Config("CA bundle holds no certificate".into()));
@@ -93,12 +78,10 @@ pub fn client_config(ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Proxy
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map_err(|e| ProxyError::Config(format!("TLS versions: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ProxyError::Config(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(config)
 }

@@ -80,10 +80,6 @@ pub struct HttpRuleTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_profile: Option<String>,
     /// PEM of the CA that the backend's certificate must chain to.
-    #[serde(
-        rename = "destinationCA",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "destinationCA", default, skip_serializing_if = "Option::is_none")]
     pub destination_ca: Option<String>,
 }

@@ -96,10 +96,7 @@ impl Kind {
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(
-            self,
-            Kind::Namespace | Kind::IngressClass | Kind::GatewayClass
-        )
+        !matches!(self, Kind::Namespace | Kind::IngressClass | Kind::GatewayClass)
     }
 }
 
@@ -119,20 +116,13 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// A key from namespace and name.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        ObjectKey { namespace: namespace.into(), name: name.into() }
     }
 }
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() {
-            f.write_str(&self.name)
-        } else {
-            write!(f, "{}/{}", self.namespace, self.name)
-        }
+        if self.namespace.is_empty() { f.write_str(&self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }
     }
 }
 
@@ -147,10 +137,7 @@ pub struct ResourceRef {
 impl ResourceRef {
     /// A reference from kind, namespace and name.
     pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ResourceRef {
-            kind,
-            key: ObjectKey::new(namespace, name),
-        }
+        ResourceRef { kind, key: ObjectKey::new(namespace, name) }
     }
 }
 
@@ -161,6 +148,9 @@ impl fmt::Display for ResourceRef {
 }
 
 /// One object of a kind Portico understands.
+// The variants differ in size (a Service is larger than a Namespace); objects are built once per load and
+// stored in per-kind maps, so boxing them would add indirection for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     Namespace(Namespace),
@@ -204,18 +194,14 @@ impl Source {
             }
             let Some(offset) = lines[at..].iter().position(|line| {
                 let t = line.trim_start().trim_start_matches("- ");
-                t.strip_prefix(key)
-                    .is_some_and(|rest| rest.starts_with(':'))
+                t.strip_prefix(key).is_some_and(|rest| rest.starts_with(':'))
             }) else {
                 break;
             };
             at += offset;
             found_any = true;
             // Skip to the n-th list item below the key, so `rules[2]` lands on the third rule.
-            for index in indexes
-                .split(']')
-                .filter_map(|i| i.trim_start_matches('[').parse::<usize>().ok())
-            {
+            for index in indexes.split(']').filter_map(|i| i.trim_start_matches('[').parse::<usize>().ok()) {
                 let mut seen = 0;
                 for (i, line) in lines.iter().enumerate().skip(at + 1) {
                     if line.trim_start().starts_with("- ") || line.trim() == "-" {
@@ -257,11 +243,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// An error about a field of a resource; file and line are filled in by [`Snapshot::locate`].
-    pub fn error(
-        resource: ResourceRef,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn error(resource: ResourceRef, field: impl Into<String>, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
             file: None,
@@ -273,15 +255,8 @@ impl Diagnostic {
     }
 
     /// A warning about a field of a resource.
-    pub fn warning(
-        resource: ResourceRef,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(resource, field, message)
-        }
+    pub fn warning(resource: ResourceRef, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(resource, field, message) }
     }
 }
 
@@ -327,10 +302,7 @@ pub struct Snapshot {
 }
 
 fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
-    ObjectKey::new(
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
+    ObjectKey::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
 impl Resource {
@@ -374,10 +346,7 @@ impl Resource {
 
     /// Kind, namespace and name.
     pub fn resource_ref(&self) -> ResourceRef {
-        ResourceRef {
-            kind: self.kind(),
-            key: object_key(self.metadata()),
-        }
+        ResourceRef { kind: self.kind(), key: object_key(self.metadata()) }
     }
 }
 
@@ -416,19 +385,13 @@ impl Snapshot {
             Kind::Secret => self.secrets.remove(key).map(Resource::Secret),
             Kind::ConfigMap => self.config_maps.remove(key).map(Resource::ConfigMap),
             Kind::Service => self.services.remove(key).map(Resource::Service),
-            Kind::EndpointSlice => self
-                .endpoint_slices
-                .remove(key)
-                .map(Resource::EndpointSlice),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).map(Resource::EndpointSlice),
             Kind::IngressClass => self.ingress_classes.remove(key).map(Resource::IngressClass),
             Kind::Ingress => self.ingresses.remove(key).map(Resource::Ingress),
             Kind::GatewayClass => self.gateway_classes.remove(key).map(Resource::GatewayClass),
             Kind::Gateway => self.gateways.remove(key).map(Resource::Gateway),
             Kind::HttpRoute => self.http_routes.remove(key).map(Resource::HttpRoute),
-            Kind::ReferenceGrant => self
-                .reference_grants
-                .remove(key)
-                .map(Resource::ReferenceGrant),
+            Kind::ReferenceGrant => self.reference_grants.remove(key).map(Resource::ReferenceGrant),
             Kind::HostRule => self.host_rules.remove(key).map(Resource::HostRule),
             Kind::HttpRule => self.http_rules.remove(key).map(Resource::HttpRule),
         }
@@ -442,29 +405,13 @@ impl Snapshot {
             Kind::Secret => self.secrets.get(key).cloned().map(Resource::Secret),
             Kind::ConfigMap => self.config_maps.get(key).cloned().map(Resource::ConfigMap),
             Kind::Service => self.services.get(key).cloned().map(Resource::Service),
-            Kind::EndpointSlice => self
-                .endpoint_slices
-                .get(key)
-                .cloned()
-                .map(Resource::EndpointSlice),
-            Kind::IngressClass => self
-                .ingress_classes
-                .get(key)
-                .cloned()
-                .map(Resource::IngressClass),
+            Kind::EndpointSlice => self.endpoint_slices.get(key).cloned().map(Resource::EndpointSlice),
+            Kind::IngressClass => self.ingress_classes.get(key).cloned().map(Resource::IngressClass),
             Kind::Ingress => self.ingresses.get(key).cloned().map(Resource::Ingress),
-            Kind::GatewayClass => self
-                .gateway_classes
-                .get(key)
-                .cloned()
-                .map(Resource::GatewayClass),
+            Kind::GatewayClass => self.gateway_classes.get(key).cloned().map(Resource::GatewayClass),
             Kind::Gateway => self.gateways.get(key).cloned().map(Resource::Gateway),
             Kind::HttpRoute => self.http_routes.get(key).cloned().map(Resource::HttpRoute),
-            Kind::ReferenceGrant => self
-                .reference_grants
-                .get(key)
-                .cloned()
-                .map(Resource::ReferenceGrant),
+            Kind::ReferenceGrant => self.reference_grants.get(key).cloned().map(Resource::ReferenceGrant),
             Kind::HostRule => self.host_rules.get(key).cloned().map(Resource::HostRule),
             Kind::HttpRule => self.http_rules.get(key).cloned().map(Resource::HttpRule),
         }
@@ -475,11 +422,7 @@ impl Snapshot {
         if diagnostic.file.is_some() {
             return;
         }
-        let Some(source) = diagnostic
-            .resource
-            .as_ref()
-            .and_then(|r| self.sources.get(r))
-        else {
+        let Some(source) = diagnostic.resource.as_ref().and_then(|r| self.sources.get(r)) else {
             return;
         };
         diagnostic.file = Some(source.file.to_string());

@@ -19,9 +19,7 @@ pub struct ParsedFile {
 impl ParsedFile {
     /// Whether any document of the file failed.
     pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }
 }
 
@@ -41,19 +39,13 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let bare = line.trim_end();
         if bare == "---" || bare.starts_with("--- ") || bare == "..." {
-            documents.push(Document {
-                line: start_line,
-                text: &text[start_byte..offset],
-            });
+            documents.push(Document { line: start_line, text: &text[start_byte..offset] });
             start_byte = offset + line.len();
             start_line = index + 2;
         }
         offset += line.len();
     }
-    documents.push(Document {
-        line: start_line,
-        text: &text[start_byte..],
-    });
+    documents.push(Document { line: start_line, text: &text[start_byte..] });
     documents
 }
 
@@ -98,18 +90,13 @@ pub fn parse_manifests(file: &str, text: &str, default_namespace: &str) -> Parse
                     yaml_options(DuplicateKeyPolicy::LastWins),
                 );
                 let line = document.line
-                    + strict_error.location().map_or(0, |l| {
-                        usize::try_from(l.line()).unwrap_or(1).saturating_sub(1)
-                    });
+                    + strict_error.location().map_or(0, |l| usize::try_from(l.line()).unwrap_or(1).saturating_sub(1));
                 match lenient {
                     Ok(value) => {
                         let mut warning = file_error(
                             file,
                             line,
-                            format!(
-                                "repeated mapping key, the last value is used: {}",
-                                first_line(&strict_error)
-                            ),
+                            format!("repeated mapping key, the last value is used: {}", first_line(&strict_error)),
                         );
                         warning.severity = Severity::Warning;
                         parsed.diagnostics.push(warning);
@@ -129,19 +116,11 @@ pub fn parse_manifests(file: &str, text: &str, default_namespace: &str) -> Parse
         if value.is_null() {
             continue;
         }
-        let source = Source {
-            file: file_name.clone(),
-            line: document.line,
-            text: Arc::from(document.text),
-        };
+        let source = Source { file: file_name.clone(), line: document.line, text: Arc::from(document.text) };
         match decode(value, default_namespace) {
-            Decoded::Resource(resource) => parsed.resources.push((resource, source)),
+            Decoded::Resource(resource) => parsed.resources.push((*resource, source)),
             Decoded::Ignored(what) => parsed.ignored.push(what),
-            Decoded::Failed {
-                resource,
-                field,
-                message,
-            } => {
+            Decoded::Failed { resource, field, message } => {
                 let mut diagnostic = match resource {
                     Some(resource) => Diagnostic::error(resource, field, message),
                     None => file_error(file, document.line, message),
@@ -164,13 +143,9 @@ fn first_line(error: &serde_saphyr::Error) -> String {
 }
 
 enum Decoded {
-    Resource(Resource),
+    Resource(Box<Resource>),
     Ignored(String),
-    Failed {
-        resource: Option<ResourceRef>,
-        field: String,
-        message: String,
-    },
+    Failed { resource: Option<ResourceRef>, field: String, message: String },
 }
 
 fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
@@ -181,27 +156,12 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
             message: "a manifest must be a mapping with apiVersion, kind and metadata".into(),
         };
     };
-    let api_version = object
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let kind_name = object
-        .get("kind")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let api_version = object.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("").trim().to_string();
+    let kind_name = object.get("kind").and_then(|v| v.as_str()).unwrap_or("").trim().to_string();
     if api_version.is_empty() || kind_name.is_empty() {
         return Decoded::Failed {
             resource: None,
-            field: if api_version.is_empty() {
-                "apiVersion"
-            } else {
-                "kind"
-            }
-            .into(),
+            field: if api_version.is_empty() { "apiVersion" } else { "kind" }.into(),
             message: "a manifest needs apiVersion and kind".into(),
         };
     }
@@ -210,20 +170,11 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
     };
     // Normalise: trim stray spaces in apiVersion (helm output has some), default the namespace.
     object.insert("apiVersion".into(), serde_json::Value::String(api_version));
-    let metadata = object
-        .entry("metadata")
-        .or_insert_with(|| serde_json::json!({}));
-    let name = metadata
-        .get("name")
-        .and_then(|n| n.as_str())
-        .unwrap_or("")
-        .to_string();
+    let metadata = object.entry("metadata").or_insert_with(|| serde_json::json!({}));
+    let name = metadata.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
     if let Some(metadata) = metadata.as_object_mut() {
         if kind.namespaced() {
-            let namespace = metadata
-                .get("namespace")
-                .and_then(|n| n.as_str())
-                .unwrap_or("");
+            let namespace = metadata.get("namespace").and_then(|n| n.as_str()).unwrap_or("");
             if namespace.is_empty() {
                 metadata.insert("namespace".into(), default_namespace.into());
             }
@@ -232,10 +183,7 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
         }
     }
     let namespace = if kind.namespaced() {
-        value["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or(default_namespace)
-            .to_string()
+        value["metadata"]["namespace"].as_str().unwrap_or(default_namespace).to_string()
     } else {
         String::new()
     };
@@ -247,11 +195,7 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
             message: "is required".into(),
         };
     }
-    let fail = |(field, message)| Decoded::Failed {
-        resource: Some(reference.clone()),
-        field,
-        message,
-    };
+    let fail = |(field, message)| Decoded::Failed { resource: Some(reference.clone()), field, message };
     let resource = match kind {
         Kind::Namespace => typed(value).map(Resource::Namespace),
         Kind::Secret => typed(value).map(|mut secret: k8s_openapi::api::core::v1::Secret| {
@@ -276,7 +220,7 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
         Kind::HostRule => typed(value).map(Resource::HostRule),
         Kind::HttpRule => typed(value).map(Resource::HttpRule),
     };
-    resource.map_or_else(fail, Decoded::Resource)
+    resource.map_or_else(fail, |r| Decoded::Resource(Box::new(r)))
 }
 
 /// Decodes into a kind's type, reporting the path of the field that did not fit.
@@ -296,10 +240,7 @@ mod tests {
     fn documents_keep_their_line_numbers() {
         let text = "a: 1\n---\n# c\nb: 2\n---\nc: 3\n";
         let docs = split_documents(text);
-        assert_eq!(
-            docs.iter().map(|d| d.line).collect::<Vec<_>>(),
-            vec![1, 3, 6]
-        );
+        assert_eq!(docs.iter().map(|d| d.line).collect::<Vec<_>>(), vec![1, 3, 6]);
         assert_eq!(docs[1].text, "# c\nb: 2\n");
     }
 
@@ -309,10 +250,7 @@ mod tests {
         let parsed = parse_manifests("gw.yaml", text, "default");
         assert!(parsed.resources.is_empty());
         let message = parsed.diagnostics[0].to_string();
-        assert!(
-            message.starts_with("gw.yaml:9: Gateway/default/gw: spec.listeners[0].port: "),
-            "{message}"
-        );
+        assert!(message.starts_with("gw.yaml:9: Gateway/default/gw: spec.listeners[0].port: "), "{message}");
     }
 
     #[test]
@@ -321,17 +259,8 @@ mod tests {
         let parsed = parse_manifests("ns.yaml", text, "default");
         assert_eq!(parsed.resources.len(), 1);
         assert_eq!(parsed.diagnostics[0].severity, Severity::Warning);
-        let Resource::Namespace(ns) = &parsed.resources[0].0 else {
-            panic!("not a namespace")
-        };
-        assert_eq!(
-            ns.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("x"))
-                .map(String::as_str),
-            Some("2")
-        );
+        let Resource::Namespace(ns) = &parsed.resources[0].0 else { panic!("not a namespace") };
+        assert_eq!(ns.metadata.labels.as_ref().and_then(|l| l.get("x")).map(String::as_str), Some("2"));
     }
 
     #[test]
@@ -340,12 +269,6 @@ mod tests {
         let parsed = parse_manifests("m.yaml", text, "default");
         assert_eq!(parsed.ignored, vec!["apps/v1 Deployment".to_string()]);
         assert_eq!(parsed.resources.len(), 1);
-        assert!(
-            parsed.diagnostics[0]
-                .to_string()
-                .starts_with("m.yaml:6: invalid YAML"),
-            "{}",
-            parsed.diagnostics[0]
-        );
+        assert!(parsed.diagnostics[0].to_string().starts_with("m.yaml:6: invalid YAML"), "{}", parsed.diagnostics[0]);
     }
 }

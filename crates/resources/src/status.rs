@@ -18,13 +18,7 @@ pub struct Condition {
 
 impl Condition {
     /// A condition whose status is `True` when `ok`, `False` otherwise.
-    pub fn new(
-        kind: &str,
-        ok: bool,
-        reason: &str,
-        message: impl Into<String>,
-        generation: Option<i64>,
-    ) -> Self {
+    pub fn new(kind: &str, ok: bool, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Self {
         Condition {
             kind: kind.to_string(),
             status: if ok { "True" } else { "False" }.to_string(),
@@ -58,14 +52,10 @@ impl ResourceStatus {
     pub fn all_conditions(&self) -> Vec<&Condition> {
         match self {
             ResourceStatus::Conditions { conditions } => conditions.iter().collect(),
-            ResourceStatus::Gateway(g) => g
-                .conditions
-                .iter()
-                .chain(g.listeners.iter().flat_map(|l| l.conditions.iter()))
-                .collect(),
-            ResourceStatus::Route(r) => {
-                r.parents.iter().flat_map(|p| p.conditions.iter()).collect()
+            ResourceStatus::Gateway(g) => {
+                g.conditions.iter().chain(g.listeners.iter().flat_map(|l| l.conditions.iter())).collect()
             }
+            ResourceStatus::Route(r) => r.parents.iter().flat_map(|p| p.conditions.iter()).collect(),
             ResourceStatus::Ingress(_) => Vec::new(),
         }
     }

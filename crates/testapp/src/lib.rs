@@ -153,8 +153,7 @@ pub async fn start(config: TestAppConfig) -> Result<RunningTestApp, TestAppError
     if config.http.is_none() && config.https.is_none() {
         return Err(TestAppError::NoListeners);
     }
-    let instance = HeaderValue::from_str(&config.name)
-        .map_err(|_| TestAppError::InvalidName(config.name.clone()))?;
+    let instance = HeaderValue::from_str(&config.name).map_err(|_| TestAppError::InvalidName(config.name.clone()))?;
     let (tls, https_certs) = match config.https {
         Some(_) => {
             let (certs, key, context) = match (&config.tls_cert, &config.tls_key) {
@@ -168,8 +167,8 @@ pub async fn start(config: TestAppConfig) -> Result<RunningTestApp, TestAppError
                 }
                 _ => return Err(TestAppError::IncompleteTlsFiles),
             };
-            let server_config = server_tls_config(certs.clone(), key)
-                .map_err(|source| TestAppError::Tls { context, source })?;
+            let server_config =
+                server_tls_config(certs.clone(), key).map_err(|source| TestAppError::Tls { context, source })?;
             (Some(TlsAcceptor::from(Arc::new(server_config))), certs)
         }
         None => (None, Vec::new()),
@@ -184,18 +183,9 @@ pub async fn start(config: TestAppConfig) -> Result<RunningTestApp, TestAppError
         None => None,
     };
 
-    let app = Arc::new(App {
-        name: config.name,
-        instance,
-    });
+    let app = Arc::new(App { name: config.name, instance });
     let (shutdown, rx) = watch::channel(());
-    let mut running = RunningTestApp {
-        http_addr: None,
-        https_addr: None,
-        https_certs,
-        shutdown,
-        tasks: Vec::new(),
-    };
+    let mut running = RunningTestApp { http_addr: None, https_addr: None, https_certs, shutdown, tasks: Vec::new() };
     for (listener, tls) in [(http, None), (https, tls)] {
         if let Some((listener, addr)) = listener {
             if tls.is_some() {
@@ -214,11 +204,8 @@ pub async fn start(config: TestAppConfig) -> Result<RunningTestApp, TestAppError
 /// Generates a self-signed certificate with subject CN `portico-testapp <name>` and
 /// subject alternative names `localhost` and `127.0.0.1`, returning the chain (one
 /// certificate) and its PKCS#8 private key.
-pub fn self_signed(
-    name: &str,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TestAppError> {
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+pub fn self_signed(name: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TestAppError> {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, format!("portico-testapp {name}"));
     params.distinguished_name = dn;
@@ -244,22 +231,16 @@ fn server_tls_config(
 }
 
 fn pem_error(path: &Path, reason: impl ToString) -> TestAppError {
-    TestAppError::Pem {
-        path: path.to_owned(),
-        reason: reason.to_string(),
-    }
+    TestAppError::Pem { path: path.to_owned(), reason: reason.to_string() }
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, TestAppError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|e| pem_error(path, e))
+    File::open(path).map(BufReader::new).map_err(|e| pem_error(path, e))
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TestAppError> {
-    let certs = rustls_pemfile::certs(&mut open(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))?;
+    let certs =
+        rustls_pemfile::certs(&mut open(path)?).collect::<Result<Vec<_>, _>>().map_err(|e| pem_error(path, e))?;
     if certs.is_empty() {
         return Err(pem_error(path, "no PEM certificate found"));
     }
@@ -287,12 +268,7 @@ struct App {
 
 /// Accept loop of one listener; returns after a shutdown signal once connections
 /// have drained (or the grace period has elapsed).
-async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    app: Arc<App>,
-    mut shutdown: watch::Receiver<()>,
-) {
+async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, mut shutdown: watch::Receiver<()>) {
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     loop {
@@ -344,10 +320,7 @@ async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("testapp graceful shutdown timed out; aborting connections");
     }
     conns.shutdown().await;
@@ -365,31 +338,15 @@ fn route(path: &str) -> Option<&'static str> {
     ["pink", "blue", "green"].into_iter().find(|c| *c == first)
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    app: Arc<App>,
-    https: bool,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(req: Request<Incoming>, app: Arc<App>, https: bool) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
     // Drain the request body so the connection stays reusable.
     while let Some(Ok(_)) = body.frame().await {}
 
     let (status, content_type, body) = match route(parts.uri.path()) {
-        Some("healthz") => (
-            StatusCode::OK,
-            "application/json",
-            r#"{"status":"UP"}"#.to_owned(),
-        ),
-        Some(colour) => (
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            page(colour, &app.name),
-        ),
-        None => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found\n".to_owned(),
-        ),
+        Some("healthz") => (StatusCode::OK, "application/json", r#"{"status":"UP"}"#.to_owned()),
+        Some(colour) => (StatusCode::OK, "text/html; charset=utf-8", page(colour, &app.name)),
+        None => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_owned()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -405,19 +362,12 @@ fn describe_request(parts: &http::request::Parts, https: bool, out: &mut HeaderM
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let authority = parts.uri.authority().map(|a| a.as_str());
     let host_header = parts.headers.get(HOST).and_then(|h| h.to_str().ok());
-    let host = if parts.version == Version::HTTP_2 {
-        authority.or(host_header)
-    } else {
-        host_header.or(authority)
-    };
+    let host = if parts.version == Version::HTTP_2 { authority.or(host_header) } else { host_header.or(authority) };
     let pairs = [
         ("x-testapp-path", Some(path)),
         ("x-testapp-host", host),
         ("x-testapp-method", Some(parts.method.as_str())),
-        (
-            "x-testapp-proto",
-            Some(if https { "https" } else { "http" }),
-        ),
+        ("x-testapp-proto", Some(if https { "https" } else { "http" })),
     ];
     for (name, value) in pairs {
         if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {

@@ -25,10 +25,7 @@ struct Reply {
 
 impl Reply {
     fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("<missing>")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("<missing>")
     }
 }
 
@@ -37,23 +34,11 @@ fn local() -> Option<SocketAddr> {
 }
 
 async fn start_http(name: &str) -> Result<RunningTestApp, TestAppError> {
-    start(TestAppConfig {
-        name: name.to_owned(),
-        http: local(),
-        https: None,
-        ..TestAppConfig::default()
-    })
-    .await
+    start(TestAppConfig { name: name.to_owned(), http: local(), https: None, ..TestAppConfig::default() }).await
 }
 
 async fn start_https(name: &str) -> Result<RunningTestApp, TestAppError> {
-    start(TestAppConfig {
-        name: name.to_owned(),
-        http: None,
-        https: local(),
-        ..TestAppConfig::default()
-    })
-    .await
+    start(TestAppConfig { name: name.to_owned(), http: None, https: local(), ..TestAppConfig::default() }).await
 }
 
 async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Reply, hyper::Error> {
@@ -82,16 +67,13 @@ async fn send_h2<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Reply, hyper:
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
     tokio::spawn(conn);
     collect(sender.send_request(req).await?).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Result<Reply, Box<dyn std::error::Error>> {
-    let req = Request::get(path)
-        .header("host", format!("localhost:{}", addr.port()))
-        .body(Empty::new())?;
+    let req = Request::get(path).header("host", format!("localhost:{}", addr.port())).body(Empty::new())?;
     Ok(send_h1(TcpStream::connect(addr).await?, req).await?)
 }
 
@@ -112,18 +94,12 @@ async fn tls_connect(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost")?;
-    Ok(TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await?)
+    Ok(TlsConnector::from(Arc::new(config)).connect(name, tcp).await?)
 }
 
 fn https_parts(app: &RunningTestApp) -> Result<(SocketAddr, CertificateDer<'static>), String> {
     let addr = app.https_addr.ok_or("no https address")?;
-    let cert = app
-        .https_certificates()
-        .first()
-        .cloned()
-        .ok_or("no https certificate")?;
+    let cert = app.https_certificates().first().cloned().ok_or("no https certificate")?;
     Ok((addr, cert))
 }
 
@@ -144,11 +120,7 @@ async fn http_serves_colour_pages_with_instance_name() -> TestResult {
         let reply = get(addr, path).await?;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
         assert!(reply.header("content-type").starts_with("text/html"));
-        assert!(
-            reply.body.contains(&format!("<title>{colour}</title>")),
-            "{path}: {}",
-            reply.body
-        );
+        assert!(reply.body.contains(&format!("<title>{colour}</title>")), "{path}: {}", reply.body);
         assert!(reply.body.contains(&format!("background-color: {colour};")));
         assert!(reply.body.contains(r#"<p id="instance">alpha</p>"#));
         assert_eq!(reply.header("x-testapp-instance"), "alpha");
@@ -198,12 +170,7 @@ async fn responses_describe_the_received_request() -> TestResult {
     assert_eq!(reply.header("x-testapp-method"), "POST");
     assert_eq!(reply.header("x-testapp-proto"), "http");
     assert_eq!(reply.header("x-testapp-echo-colour"), "mauve");
-    let multi: Vec<_> = reply
-        .headers
-        .get_all("x-testapp-echo-multi")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let multi: Vec<_> = reply.headers.get_all("x-testapp-echo-multi").iter().filter_map(|v| v.to_str().ok()).collect();
     assert_eq!(multi, ["one", "two"]);
     assert!(reply.headers.get("x-testapp-echo-x-other").is_none());
 
@@ -219,15 +186,11 @@ async fn responses_describe_the_received_request() -> TestResult {
 async fn plain_listener_speaks_h2c() -> TestResult {
     let app = start_http("delta").await?;
     let addr = app.http_addr.ok_or("no http address")?;
-    let req =
-        Request::get(format!("http://h2c.test:{}/blue/deep", addr.port())).body(Empty::new())?;
+    let req = Request::get(format!("http://h2c.test:{}/blue/deep", addr.port())).body(Empty::new())?;
     let reply = send_h2(TcpStream::connect(addr).await?, req).await?;
     assert_eq!(reply.version, Version::HTTP_2);
     assert!(reply.body.contains("<title>blue</title>"));
-    assert_eq!(
-        reply.header("x-testapp-host"),
-        format!("h2c.test:{}", addr.port())
-    );
+    assert_eq!(reply.header("x-testapp-host"), format!("h2c.test:{}", addr.port()));
     assert_eq!(reply.header("x-testapp-proto"), "http");
     app.shutdown().await;
     Ok(())
@@ -246,9 +209,7 @@ async fn https_self_signed_negotiates_modern_tls() -> TestResult {
     let version = tls.get_ref().1.protocol_version();
     assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let req = Request::get("/pink")
-        .header("host", "localhost")
-        .body(Empty::new())?;
+    let req = Request::get("/pink").header("host", "localhost").body(Empty::new())?;
     let reply = send_h1(tls, req).await?;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.contains("<title>pink</title>"));
@@ -259,9 +220,7 @@ async fn https_self_signed_negotiates_modern_tls() -> TestResult {
     let tls12 = tls_connect(addr, &cert, &[&rustls::version::TLS12], &[]).await?;
     let version = tls12.get_ref().1.protocol_version();
     assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
-    let req = Request::get("/healthz")
-        .header("host", "localhost")
-        .body(Empty::new())?;
+    let req = Request::get("/healthz").header("host", "localhost").body(Empty::new())?;
     let reply = send_h1(tls12, req).await?;
     assert_eq!(reply.body, r#"{"status":"UP"}"#);
     app.shutdown().await;
@@ -285,10 +244,7 @@ async fn https_negotiates_h2_via_alpn() -> TestResult {
     assert!(reply.body.contains(r#"<p id="instance">zeta</p>"#));
     assert_eq!(reply.header("x-testapp-proto"), "https");
     assert_eq!(reply.header("x-testapp-path"), "/green?x=1");
-    assert_eq!(
-        reply.header("x-testapp-host"),
-        format!("localhost:{}", addr.port())
-    );
+    assert_eq!(reply.header("x-testapp-host"), format!("localhost:{}", addr.port()));
     assert_eq!(reply.header("x-testapp-echo-via"), "h2");
     app.shutdown().await;
     Ok(())
@@ -300,14 +256,10 @@ async fn https_uses_pem_files() -> TestResult {
     let dir = tempfile::tempdir()?;
     let cert_path = dir.path().join("tls.crt");
     let key_path = dir.path().join("tls.key");
-    let cert_pem = format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        base64_lines(certs[0].as_ref())
-    );
-    let key_pem = format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        base64_lines(key.secret_der())
-    );
+    let cert_pem =
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64_lines(certs[0].as_ref()));
+    let key_pem =
+        format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", base64_lines(key.secret_der()));
     std::fs::write(&cert_path, cert_pem)?;
     std::fs::write(&key_path, key_pem)?;
 
@@ -322,9 +274,7 @@ async fn https_uses_pem_files() -> TestResult {
     let addr = app.https_addr.ok_or("no https address")?;
     assert_eq!(app.https_certificates(), &certs[..]);
     let tls = tls_connect(addr, &certs[0], rustls::DEFAULT_VERSIONS, &[]).await?;
-    let req = Request::get("/blue")
-        .header("host", "localhost")
-        .body(Empty::new())?;
+    let req = Request::get("/blue").header("host", "localhost").body(Empty::new())?;
     let reply = send_h1(tls, req).await?;
     assert!(reply.body.contains("<title>blue</title>"));
     assert_eq!(reply.header("x-testapp-instance"), "files");
@@ -339,14 +289,10 @@ async fn https_uses_pem_files() -> TestResult {
 async fn start_errors_name_the_culprit() -> TestResult {
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = taken.local_addr()?;
-    let err = start(TestAppConfig {
-        http: Some(addr),
-        https: None,
-        ..TestAppConfig::default()
-    })
-    .await
-    .err()
-    .ok_or("bind to a taken port succeeded")?;
+    let err = start(TestAppConfig { http: Some(addr), https: None, ..TestAppConfig::default() })
+        .await
+        .err()
+        .ok_or("bind to a taken port succeeded")?;
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 
     let dir = tempfile::tempdir()?;
@@ -355,16 +301,10 @@ async fn start_errors_name_the_culprit() -> TestResult {
     std::fs::write(&garbage, "not a key")?;
     let (certs, _) = self_signed("x")?;
     let cert_path = dir.path().join("ok.crt");
-    let pem = format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        base64_lines(certs[0].as_ref())
-    );
+    let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", base64_lines(certs[0].as_ref()));
     std::fs::write(&cert_path, pem)?;
 
-    for (cert, key, culprit) in [
-        (&missing, &garbage, &missing),
-        (&cert_path, &garbage, &garbage),
-    ] {
+    for (cert, key, culprit) in [(&missing, &garbage, &missing), (&cert_path, &garbage, &garbage)] {
         let err = start(TestAppConfig {
             http: None,
             https: local(),
@@ -375,10 +315,7 @@ async fn start_errors_name_the_culprit() -> TestResult {
         .await
         .err()
         .ok_or("bad TLS files accepted")?;
-        assert!(
-            err.to_string().contains(&culprit.display().to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&culprit.display().to_string()), "{err}");
     }
     Ok(())
 }
@@ -390,27 +327,16 @@ async fn shutdown_closes_idle_connections_and_stops_listening() -> TestResult {
 
     // Keep an HTTP/1.1 keep-alive and an h2c connection open and idle.
     let (mut h1, h1_conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(TcpStream::connect(addr).await?))
-            .await?;
+        hyper::client::conn::http1::handshake(TokioIo::new(TcpStream::connect(addr).await?)).await?;
     let h1_conn = tokio::spawn(h1_conn);
-    let req = Request::get("/")
-        .header("host", "x")
-        .body(Empty::<Bytes>::new())?;
-    assert_eq!(
-        collect(h1.send_request(req).await?).await?.status,
-        StatusCode::OK
-    );
-    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
-        TokioExecutor::new(),
-        TokioIo::new(TcpStream::connect(addr).await?),
-    )
-    .await?;
+    let req = Request::get("/").header("host", "x").body(Empty::<Bytes>::new())?;
+    assert_eq!(collect(h1.send_request(req).await?).await?.status, StatusCode::OK);
+    let (mut h2, h2_conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(TcpStream::connect(addr).await?))
+            .await?;
     let h2_conn = tokio::spawn(h2_conn);
     let req = Request::get(format!("http://{addr}/")).body(Empty::<Bytes>::new())?;
-    assert_eq!(
-        collect(h2.send_request(req).await?).await?.status,
-        StatusCode::OK
-    );
+    assert_eq!(collect(h2.send_request(req).await?).await?.status, StatusCode::OK);
 
     // Graceful: idle connections are closed by the server, well before the 5 s cap.
     let started = std::time::Instant::now();
@@ -427,10 +353,6 @@ async fn shutdown_closes_idle_connections_and_stops_listening() -> TestResult {
 fn base64_lines(data: &[u8]) -> String {
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-    let lines: Vec<&str> = encoded
-        .as_bytes()
-        .chunks(64)
-        .filter_map(|line| std::str::from_utf8(line).ok())
-        .collect();
+    let lines: Vec<&str> = encoded.as_bytes().chunks(64).filter_map(|line| std::str::from_utf8(line).ok()).collect();
     lines.join("\n")
 }

@@ -45,13 +45,7 @@ pub struct RouteRank(
 
 impl RouteRank {
     /// The rank of a route from its match and its origin.
-    pub fn new(
-        route: &Route,
-        created: Option<String>,
-        source: String,
-        rule: usize,
-        matched: usize,
-    ) -> Self {
+    pub fn new(route: &Route, created: Option<String>, source: String, rule: usize, matched: usize) -> Self {
         let m = &route.matcher;
         let (kind, len) = match &m.path {
             PathMatch::Exact(p) => (3, p.len()),
@@ -83,29 +77,21 @@ impl RouteTable {
         protocol: Protocol,
         owner: &str,
     ) -> Result<&mut ListenerEntry, String> {
-        let entry = self
-            .listeners
-            .entry(address)
-            .or_insert_with(|| ListenerEntry {
-                protocol,
-                owner: owner.to_string(),
-                certificates: Vec::new(),
-                hosts: BTreeMap::new(),
-            });
+        let entry = self.listeners.entry(address).or_insert_with(|| ListenerEntry {
+            protocol,
+            owner: owner.to_string(),
+            certificates: Vec::new(),
+            hosts: BTreeMap::new(),
+        });
         if entry.protocol != protocol {
-            return Err(format!(
-                "{address} already serves {:?} for {}",
-                entry.protocol, entry.owner
-            ));
+            return Err(format!("{address} already serves {:?} for {}", entry.protocol, entry.owner));
         }
         Ok(entry)
     }
 
     /// The protocol already bound to an address, if any.
     pub fn protocol_of(&self, address: SocketAddr) -> Option<(Protocol, &str)> {
-        self.listeners
-            .get(&address)
-            .map(|l| (l.protocol, l.owner.as_str()))
+        self.listeners.get(&address).map(|l| (l.protocol, l.owner.as_str()))
     }
 
     /// Every listener, for stages that edit virtual hosts across listeners (aliases).
@@ -122,19 +108,12 @@ impl RouteTable {
                 .into_iter()
                 .map(|(hostname, mut routes)| {
                     routes.sort_by(|a, b| a.rank.cmp(&b.rank));
-                    VirtualHost {
-                        hostname,
-                        routes: routes.into_iter().map(|r| r.route).collect(),
-                    }
+                    VirtualHost { hostname, routes: routes.into_iter().map(|r| r.route).collect() }
                 })
                 .collect();
             hosts.sort_by_key(|h| host_order(&h.hostname));
             let mut certificates = entry.certificates;
-            certificates.sort_by_key(|c| {
-                c.hostname
-                    .as_deref()
-                    .map_or((2, Reverse(0), String::new()), |h| host_order(h))
-            });
+            certificates.sort_by_key(|c| c.hostname.as_deref().map_or((2, Reverse(0), String::new()), host_order));
             certificates.dedup();
             listeners.push(Listener {
                 name: address.to_string(),
@@ -145,11 +124,7 @@ impl RouteTable {
                 virtual_hosts: hosts,
             });
         }
-        Ir {
-            listeners,
-            pools: std::mem::take(&mut ir.pools),
-            certificates: std::mem::take(&mut ir.certificates),
-        }
+        Ir { listeners, pools: std::mem::take(&mut ir.pools), certificates: std::mem::take(&mut ir.certificates) }
     }
 }
 

@@ -33,23 +33,15 @@ impl BackendError {
     /// What went wrong, for a person.
     pub fn message(&self) -> &str {
         match self {
-            BackendError::InvalidKind(m)
-            | BackendError::NotFound(m)
-            | BackendError::RefNotPermitted(m) => m,
+            BackendError::InvalidKind(m) | BackendError::NotFound(m) | BackendError::RefNotPermitted(m) => m,
         }
     }
 }
 
 /// Resolves a Service port to a pool, adding the pool to the IR. Returns the pool's name.
-pub fn service_pool(
-    cx: &mut Context<'_>,
-    key: &ObjectKey,
-    port: ServicePort<'_>,
-) -> Result<String, BackendError> {
+pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>) -> Result<String, BackendError> {
     let Some(service) = cx.snapshot.services.get(key) else {
-        return Err(BackendError::NotFound(format!(
-            "Service {key} does not exist"
-        )));
+        return Err(BackendError::NotFound(format!("Service {key} does not exist")));
     };
     let spec = service.spec.clone().unwrap_or_default();
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -67,26 +59,13 @@ pub fn service_pool(
             ServicePort::Number(n) => n.to_string(),
             ServicePort::Name(name) => format!("{name:?}"),
         };
-        return Err(BackendError::NotFound(format!(
-            "Service {key} has no port {wanted}"
-        )));
+        return Err(BackendError::NotFound(format!("Service {key} has no port {wanted}")));
     };
     let pool_name = format!("{key}:{}", service_port.port);
     if !cx.out.ir.pools.contains_key(&pool_name) {
-        let endpoints = endpoints(
-            cx,
-            key,
-            service_port.name.as_deref().unwrap_or(""),
-            service_port.target_port.as_ref(),
-        );
-        cx.out.ir.pools.insert(
-            pool_name.clone(),
-            Pool {
-                name: pool_name.clone(),
-                endpoints,
-                tls: None,
-            },
-        );
+        let endpoints =
+            endpoints(cx, key, service_port.name.as_deref().unwrap_or(""), service_port.target_port.as_ref());
+        cx.out.ir.pools.insert(pool_name.clone(), Pool { name: pool_name.clone(), endpoints, tls: None });
     }
     Ok(pool_name)
 }
@@ -101,24 +80,15 @@ fn endpoints(
 ) -> Vec<SocketAddr> {
     let mut found = Vec::new();
     for (key, slice) in &cx.snapshot.endpoint_slices {
-        let owner = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"));
-        if key.namespace != service.namespace
-            || owner.map(String::as_str) != Some(service.name.as_str())
-        {
+        let owner = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+        if key.namespace != service.namespace || owner.map(String::as_str) != Some(service.name.as_str()) {
             continue;
         }
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
         }
         let slice_ports = slice.ports.clone().unwrap_or_default();
-        let port = match slice_ports
-            .iter()
-            .find(|p| p.name.as_deref().unwrap_or("") == port_name)
-        {
+        let port = match slice_ports.iter().find(|p| p.name.as_deref().unwrap_or("") == port_name) {
             Some(p) => p.port,
             None if slice_ports.is_empty() => match target_port {
                 Some(IntOrString::Int(n)) => Some(*n),

@@ -7,9 +7,7 @@ use crate::{Context, hostname, not, ok};
 use portico_ir::{Protocol, SniCertificate};
 use portico_resources::core::LabelSelector;
 use portico_resources::gateway::{Gateway, RouteGroupKind};
-use portico_resources::status::{
-    Condition, GatewayStatus, GatewayStatusAddress, ListenerStatus, ResourceStatus,
-};
+use portico_resources::status::{Condition, GatewayStatus, GatewayStatusAddress, ListenerStatus, ResourceStatus};
 use portico_resources::{Kind, ObjectKey, ResourceRef, Snapshot};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -48,13 +46,7 @@ pub enum NamespacePolicy {
 
 impl ListenerInfo {
     /// Whether a route of `kind` in `namespace` may attach.
-    pub fn admits(
-        &self,
-        snapshot: &Snapshot,
-        gateway_namespace: &str,
-        kind: &str,
-        namespace: &str,
-    ) -> bool {
+    pub fn admits(&self, snapshot: &Snapshot, gateway_namespace: &str, kind: &str, namespace: &str) -> bool {
         let kind_ok = self.supported_kinds.iter().any(|k| k.kind == kind);
         let namespace_ok = match &self.namespaces {
             NamespacePolicy::Same => namespace == gateway_namespace,
@@ -72,11 +64,7 @@ fn selector_matches(snapshot: &Snapshot, selector: &LabelSelector, namespace: &s
         .and_then(|ns| ns.metadata.labels.clone())
         .unwrap_or_default();
     labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+    let labels_ok = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
     let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
         let value = labels.get(&e.key);
         let values = e.values.clone().unwrap_or_default();
@@ -103,45 +91,20 @@ pub fn translate_gateways(cx: &mut Context<'_>) -> Vec<GatewayInfo> {
         .collect();
     for key in &ours {
         let class = &cx.snapshot.gateway_classes[key];
-        let condition = ok(
-            "Accepted",
-            "Accepted",
-            "Handled by Portico",
-            class.metadata.generation,
-        );
+        let condition = ok("Accepted", "Accepted", "Handled by Portico", class.metadata.generation);
         cx.set_status(
-            ResourceRef {
-                kind: Kind::GatewayClass,
-                key: key.clone(),
-            },
-            ResourceStatus::Conditions {
-                conditions: vec![condition],
-            },
+            ResourceRef { kind: Kind::GatewayClass, key: key.clone() },
+            ResourceStatus::Conditions { conditions: vec![condition] },
         );
     }
-    let mut gateways: Vec<(&ObjectKey, &Gateway)> = cx
-        .snapshot
-        .gateways
-        .iter()
-        .filter(|(_, g)| ours.iter().any(|c| c.name == g.spec.gateway_class_name))
-        .collect();
-    gateways.sort_by_key(|(key, g)| {
-        (
-            g.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            (*key).clone(),
-        )
-    });
-    gateways
-        .into_iter()
-        .map(|(key, gateway)| translate_gateway(cx, key, gateway))
-        .collect()
+    let mut gateways: Vec<(&ObjectKey, &Gateway)> =
+        cx.snapshot.gateways.iter().filter(|(_, g)| ours.iter().any(|c| c.name == g.spec.gateway_class_name)).collect();
+    gateways.sort_by_key(|(key, g)| (g.metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
+    gateways.into_iter().map(|(key, gateway)| translate_gateway(cx, key, gateway)).collect()
 }
 
 fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -> GatewayInfo {
-    let reference = ResourceRef {
-        kind: Kind::Gateway,
-        key: key.clone(),
-    };
+    let reference = ResourceRef { kind: Kind::Gateway, key: key.clone() };
     let generation = gateway.metadata.generation;
     let mut conditions = Vec::new();
 
@@ -160,9 +123,7 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
                 );
             }
             (other, _) => {
-                unsupported_address = Some(format!(
-                    "address type {other} is not supported (use IPAddress)"
-                ));
+                unsupported_address = Some(format!("address type {other} is not supported (use IPAddress)"));
                 cx.error(
                     &reference,
                     format!("spec.addresses[{i}].type"),
@@ -175,46 +136,40 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
         addresses.extend(cx.options.default_gateway_address);
     }
 
-    let mut listeners: Vec<ListenerInfo> = gateway
-        .spec
-        .listeners
-        .iter()
-        .enumerate()
-        .map(|(i, _)| validate_listener(cx, &reference, gateway, i))
-        .collect();
+    let mut listeners: Vec<ListenerInfo> =
+        gateway.spec.listeners.iter().enumerate().map(|(i, _)| validate_listener(cx, &reference, gateway, i)).collect();
     mark_conflicts(&mut listeners);
+    for (i, listener) in listeners.iter().enumerate() {
+        if let Some(conflict) = listener.conditions.iter().find(|c| c.kind == "Conflicted" && c.is_true()) {
+            cx.error(&reference, format!("spec.listeners[{i}]"), format!("{}: {}", conflict.reason, conflict.message));
+        }
+    }
+    // A Gateway that is not accepted claims no socket, not even on the addresses that are usable.
+    if unsupported_address.is_some() {
+        addresses.clear();
+    }
 
     // Claim sockets for listeners that are ready.
     for listener in listeners.iter_mut().filter(|l| l.ready) {
         let Some(protocol) = listener.protocol else {
             continue;
         };
-        let owner = reference.to_string();
         let mut clash = None;
         for ip in &addresses {
             let address = socket(*ip, listener.port);
-            if let Some((existing, by)) = cx.routes.protocol_of(address) {
-                if existing != protocol {
-                    clash = Some(format!("{address} already serves {existing:?} for {by}"));
-                }
+            if let Some((existing, by)) = cx.routes.protocol_of(address)
+                && existing != protocol
+            {
+                clash = Some(format!("{address} already serves {existing:?} for {by}"));
             }
         }
         if let Some(message) = clash {
             listener.ready = false;
             set_condition(
                 &mut listener.conditions,
-                Condition::new(
-                    "Conflicted",
-                    true,
-                    "ProtocolConflict",
-                    message.clone(),
-                    generation,
-                ),
+                Condition::new("Conflicted", true, "ProtocolConflict", message.clone(), generation),
             );
-            set_condition(
-                &mut listener.conditions,
-                not("Programmed", "Invalid", message, generation),
-            );
+            set_condition(&mut listener.conditions, not("Programmed", "Invalid", message, generation));
         }
     }
     for (i, listener) in listeners.iter().enumerate().filter(|(_, l)| l.ready) {
@@ -226,25 +181,15 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
             .tls
             .iter()
             .flat_map(|t| t.certificate_refs.iter())
-            .map(|r| {
-                format!(
-                    "{}/{}",
-                    r.namespace.as_deref().unwrap_or(&key.namespace),
-                    r.name
-                )
-            })
+            .map(|r| format!("{}/{}", r.namespace.as_deref().unwrap_or(&key.namespace), r.name))
             .filter(|name| cx.out.ir.certificates.contains_key(name))
             .collect();
         for ip in &addresses {
-            if let Ok(entry) =
-                cx.routes
-                    .listener(socket(*ip, listener.port), protocol, &reference.to_string())
-            {
+            if let Ok(entry) = cx.routes.listener(socket(*ip, listener.port), protocol, &reference.to_string()) {
                 for certificate in &certificates {
-                    entry.certificates.push(SniCertificate {
-                        hostname: listener.hostname.clone(),
-                        certificate: certificate.clone(),
-                    });
+                    entry
+                        .certificates
+                        .push(SniCertificate { hostname: listener.hostname.clone(), certificate: certificate.clone() });
                 }
             }
         }
@@ -252,33 +197,17 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
 
     let valid = listeners.iter().filter(|l| l.ready).count();
     match (&unsupported_address, valid, listeners.len()) {
-        (Some(why), _, _) => conditions.push(not(
-            "Accepted",
-            "UnsupportedAddress",
-            why.clone(),
-            generation,
-        )),
-        (None, 0, n) if n > 0 => conditions.push(not(
-            "Accepted",
-            "ListenersNotValid",
-            "No listener is valid",
-            generation,
-        )),
-        (None, v, n) if v < n => conditions.push(ok(
-            "Accepted",
-            "ListenersNotValid",
-            "Some listeners are not valid",
-            generation,
-        )),
+        (Some(why), _, _) => conditions.push(not("Accepted", "UnsupportedAddress", why.clone(), generation)),
+        (None, 0, n) if n > 0 => {
+            conditions.push(not("Accepted", "ListenersNotValid", "No listener is valid", generation))
+        }
+        (None, v, n) if v < n => {
+            conditions.push(ok("Accepted", "ListenersNotValid", "Some listeners are not valid", generation))
+        }
         _ => conditions.push(ok("Accepted", "Accepted", "Gateway accepted", generation)),
     }
     if unsupported_address.is_some() {
-        conditions.push(not(
-            "Programmed",
-            "AddressNotUsable",
-            "The requested address cannot be used",
-            generation,
-        ));
+        conditions.push(not("Programmed", "AddressNotUsable", "The requested address cannot be used", generation));
     } else if addresses.is_empty() {
         conditions.push(not(
             "Programmed",
@@ -286,39 +215,25 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
             "No address: set spec.addresses or Portico's default Gateway address",
             generation,
         ));
-        for listener in &mut listeners {
-            listener.ready = false;
-        }
     } else if valid == 0 {
-        conditions.push(not(
-            "Programmed",
-            "Invalid",
-            "No listener is valid",
-            generation,
-        ));
+        conditions.push(not("Programmed", "Invalid", "No listener is valid", generation));
     } else {
         conditions.push(ok("Programmed", "Programmed", "Listening", generation));
     }
-    if unsupported_address.is_some() {
-        for listener in &mut listeners {
+    // Without a usable address nothing listens: say so on the listeners too, not only on the Gateway.
+    if addresses.is_empty() {
+        for listener in listeners.iter_mut().filter(|l| l.ready) {
             listener.ready = false;
+            set_condition(
+                &mut listener.conditions,
+                not("Programmed", "Pending", "The Gateway has no usable address", generation),
+            );
         }
     }
-    GatewayInfo {
-        reference,
-        generation,
-        addresses,
-        conditions,
-        listeners,
-    }
+    GatewayInfo { reference, generation, addresses, conditions, listeners }
 }
 
-fn validate_listener(
-    cx: &mut Context<'_>,
-    reference: &ResourceRef,
-    gateway: &Gateway,
-    index: usize,
-) -> ListenerInfo {
+fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Gateway, index: usize) -> ListenerInfo {
     let spec = &gateway.spec.listeners[index];
     let generation = gateway.metadata.generation;
     let field = |rest: &str| format!("spec.listeners[{index}]{rest}");
@@ -329,8 +244,7 @@ fn validate_listener(
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
         other => {
-            let message =
-                format!("protocol {other} is not supported on this listener (HTTP and HTTPS are)");
+            let message = format!("protocol {other} is not supported on this listener (HTTP and HTTPS are)");
             cx.error(reference, field(".protocol"), message.clone());
             accepted = Err(("UnsupportedProtocol", message));
             None
@@ -342,56 +256,41 @@ fn validate_listener(
         cx.error(reference, field(".port"), message.clone());
         accepted = Err(("PortUnavailable", message));
     }
-    if let Some(name) = &spec.hostname {
-        if let Err(message) = hostname::validate(name) {
-            cx.error(reference, field(".hostname"), message.clone());
-            accepted = Err(("UnsupportedValue", message));
-        }
+    if let Some(name) = &spec.hostname
+        && let Err(message) = hostname::validate(name)
+    {
+        cx.error(reference, field(".hostname"), message.clone());
+        accepted = Err(("UnsupportedValue", message));
     }
 
     // Route kinds.
-    let default_kinds = vec![RouteGroupKind {
-        group: Some(GATEWAY_GROUP.into()),
-        kind: "HTTPRoute".into(),
-    }];
+    let default_kinds = vec![RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: "HTTPRoute".into() }];
     let allowed = spec.allowed_routes.clone().unwrap_or_default();
-    let supported_kinds = if allowed.kinds.is_empty() {
+    let supported_kinds = if protocol.is_none() {
+        // No route kind is supported on a listener whose protocol is not.
+        Vec::new()
+    } else if allowed.kinds.is_empty() {
         default_kinds
     } else {
-        let (good, bad): (Vec<_>, Vec<_>) = allowed.kinds.iter().cloned().partition(|k| {
-            k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP)
-        });
+        let (good, bad): (Vec<_>, Vec<_>) = allowed
+            .kinds
+            .iter()
+            .cloned()
+            .partition(|k| k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP));
         if !bad.is_empty() {
             let names: Vec<&str> = bad.iter().map(|k| k.kind.as_str()).collect();
-            let message = format!(
-                "route kinds {names:?} are not supported on a {} listener",
-                spec.protocol
-            );
+            let message = format!("route kinds {names:?} are not supported on a {} listener", spec.protocol);
             cx.error(reference, field(".allowedRoutes.kinds"), message.clone());
             resolved = Err(("InvalidRouteKinds", message));
         }
-        good.into_iter()
-            .map(|k| RouteGroupKind {
-                group: Some(GATEWAY_GROUP.into()),
-                kind: k.kind,
-            })
-            .collect()
+        good.into_iter().map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: k.kind }).collect()
     };
-    let namespaces = match allowed
-        .namespaces
-        .as_ref()
-        .and_then(|n| n.from.as_deref())
-        .unwrap_or("Same")
-    {
+    let namespaces = match allowed.namespaces.as_ref().and_then(|n| n.from.as_deref()).unwrap_or("Same") {
         "All" => NamespacePolicy::All,
         "Selector" => match allowed.namespaces.as_ref().and_then(|n| n.selector.clone()) {
             Some(selector) => NamespacePolicy::Selector(selector),
             None => {
-                cx.error(
-                    reference,
-                    field(".allowedRoutes.namespaces.selector"),
-                    "from: Selector needs a selector",
-                );
+                cx.error(reference, field(".allowedRoutes.namespaces.selector"), "from: Selector needs a selector");
                 NamespacePolicy::Same
             }
         },
@@ -410,71 +309,42 @@ fn validate_listener(
     if protocol == Some(Protocol::Https) {
         let tls = spec.tls.clone().unwrap_or_default();
         if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
-            let message =
-                "HTTPS listeners terminate TLS; use protocol TLS for Passthrough".to_string();
+            let message = "HTTPS listeners terminate TLS; use protocol TLS for Passthrough".to_string();
             cx.error(reference, field(".tls.mode"), message.clone());
             accepted = Err(("UnsupportedValue", message));
         }
         let mut usable = 0;
         let mut problems = Vec::new();
         if tls.certificate_refs.is_empty() {
-            problems.push((
-                "InvalidCertificateRef",
-                "an HTTPS listener needs tls.certificateRefs".to_string(),
-            ));
-            cx.error(
-                reference,
-                field(".tls.certificateRefs"),
-                "an HTTPS listener needs at least one certificate",
-            );
+            problems.push(("InvalidCertificateRef", "an HTTPS listener needs tls.certificateRefs".to_string()));
+            cx.error(reference, field(".tls.certificateRefs"), "an HTTPS listener needs at least one certificate");
         }
         for (i, cert_ref) in tls.certificate_refs.iter().enumerate() {
             let at = field(&format!(".tls.certificateRefs[{i}]"));
             let group = cert_ref.group.as_deref().unwrap_or("");
             let kind = cert_ref.kind.as_deref().unwrap_or("Secret");
-            let namespace = cert_ref
-                .namespace
-                .as_deref()
-                .unwrap_or(&reference.key.namespace);
+            let namespace = cert_ref.namespace.as_deref().unwrap_or(&reference.key.namespace);
             let secret_key = ObjectKey::new(namespace, &cert_ref.name);
-            let problem = if group != "" || kind != "Secret" {
-                Some((
-                    "InvalidCertificateRef",
-                    format!("{kind} in group {group:?} is not a Secret"),
-                ))
+            let problem = if !group.is_empty() || kind != "Secret" {
+                Some(("InvalidCertificateRef", format!("{kind} in group {group:?} is not a Secret")))
             } else if !permitted(
                 cx.snapshot,
-                &RefEnd {
-                    group: GATEWAY_GROUP,
-                    kind: "Gateway",
-                    namespace: &reference.key.namespace,
-                },
-                &RefEnd {
-                    group: "",
-                    kind: "Secret",
-                    namespace,
-                },
+                &RefEnd { group: GATEWAY_GROUP, kind: "Gateway", namespace: &reference.key.namespace },
+                &RefEnd { group: "", kind: "Secret", namespace },
                 &cert_ref.name,
             ) {
                 Some((
                     "RefNotPermitted",
-                    format!(
-                        "no ReferenceGrant in {namespace} lets this Gateway use Secret {secret_key}"
-                    ),
+                    format!("no ReferenceGrant in {namespace} lets this Gateway use Secret {secret_key}"),
                 ))
             } else {
                 match load_certificate(cx.snapshot, &secret_key) {
                     Ok(certificate) => {
-                        cx.out
-                            .ir
-                            .certificates
-                            .insert(secret_key.to_string(), certificate);
+                        cx.out.ir.certificates.insert(secret_key.to_string(), certificate);
                         usable += 1;
                         None
                     }
-                    Err(CertError::NotFound(m) | CertError::Invalid(m)) => {
-                        Some(("InvalidCertificateRef", m))
-                    }
+                    Err(CertError::NotFound(m) | CertError::Invalid(m)) => Some(("InvalidCertificateRef", m)),
                 }
             };
             if let Some((reason, message)) = problem {
@@ -495,40 +365,19 @@ fn validate_listener(
     let mut conditions = Vec::new();
     match &accepted {
         Ok(()) => conditions.push(ok("Accepted", "Accepted", "Listener accepted", generation)),
-        Err((reason, message)) => {
-            conditions.push(not("Accepted", reason, message.clone(), generation))
-        }
+        Err((reason, message)) => conditions.push(not("Accepted", reason, message.clone(), generation)),
     }
     match &resolved {
-        Ok(()) => conditions.push(ok(
-            "ResolvedRefs",
-            "ResolvedRefs",
-            "References resolved",
-            generation,
-        )),
-        Err((reason, message)) => {
-            conditions.push(not("ResolvedRefs", reason, message.clone(), generation))
-        }
+        Ok(()) => conditions.push(ok("ResolvedRefs", "ResolvedRefs", "References resolved", generation)),
+        Err((reason, message)) => conditions.push(not("ResolvedRefs", reason, message.clone(), generation)),
     }
-    conditions.push(Condition::new(
-        "Conflicted",
-        false,
-        "NoConflicts",
-        "No conflicts",
-        generation,
-    ));
-    let ready = accepted.is_ok()
-        && (resolved.is_ok() || matches!(resolved, Err(("InvalidRouteKinds", _))))
-        && port.is_some();
+    conditions.push(Condition::new("Conflicted", false, "NoConflicts", "No conflicts", generation));
+    let ready =
+        accepted.is_ok() && (resolved.is_ok() || matches!(resolved, Err(("InvalidRouteKinds", _)))) && port.is_some();
     if ready {
         conditions.push(ok("Programmed", "Programmed", "Listening", generation));
     } else {
-        conditions.push(not(
-            "Programmed",
-            "Invalid",
-            "Listener is not valid",
-            generation,
-        ));
+        conditions.push(not("Programmed", "Invalid", "Listener is not valid", generation));
     }
     ListenerInfo {
         name: spec.name.clone(),
@@ -560,33 +409,21 @@ fn mark_conflicts(listeners: &mut [ListenerInfo]) {
                     && listeners[j].hostname == listeners[i].hostname
             });
             let reason = if mixed {
-                Some((
-                    "ProtocolConflict",
-                    "another listener on this port uses a different protocol",
-                ))
+                Some(("ProtocolConflict", "another listener on this port uses a different protocol"))
             } else if hostname_clash {
-                Some((
-                    "HostnameConflict",
-                    "another listener on this port has the same hostname",
-                ))
+                Some(("HostnameConflict", "another listener on this port has the same hostname"))
             } else {
                 None
             };
             if let Some((reason, message)) = reason {
-                let generation = listeners[i]
-                    .conditions
-                    .first()
-                    .and_then(|c| c.observed_generation);
+                let generation = listeners[i].conditions.first().and_then(|c| c.observed_generation);
                 let listener = &mut listeners[i];
                 listener.ready = false;
                 set_condition(
                     &mut listener.conditions,
                     Condition::new("Conflicted", true, reason, message, generation),
                 );
-                set_condition(
-                    &mut listener.conditions,
-                    not("Programmed", "Invalid", message, generation),
-                );
+                set_condition(&mut listener.conditions, not("Programmed", "Invalid", message, generation));
             }
         }
     }
@@ -606,10 +443,7 @@ pub fn write_gateway_statuses(cx: &mut Context<'_>, gateways: &[GatewayInfo]) {
             addresses: gateway
                 .addresses
                 .iter()
-                .map(|ip| GatewayStatusAddress {
-                    kind: "IPAddress".into(),
-                    value: ip.to_string(),
-                })
+                .map(|ip| GatewayStatusAddress { kind: "IPAddress".into(), value: ip.to_string() })
                 .collect(),
             conditions: gateway.conditions.clone(),
             listeners: gateway

@@ -21,27 +21,28 @@ pub fn covers(pattern: &str, name: &str) -> bool {
 /// route's hostnames, keeping the more specific of each matching pair. `None` means they do not intersect;
 /// `["*"]` means any host.
 pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
-    match (listener, route.is_empty()) {
-        (None, true) => Some(vec!["*".to_string()]),
-        (None, false) => Some(route.to_vec()),
-        (Some(l), true) => Some(vec![l.to_string()]),
-        (Some(l), false) => {
-            let mut names: Vec<String> = route
-                .iter()
-                .filter_map(|r| {
-                    if covers(l, r) {
-                        Some(r.clone())
-                    } else if covers(r, l) {
-                        Some(l.to_string())
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            names.dedup();
-            if names.is_empty() { None } else { Some(names) }
-        }
-    }
+    let mut names: Vec<String> = match (listener, route.is_empty()) {
+        (None, true) => return Some(vec!["*".to_string()]),
+        (None, false) => route.to_vec(),
+        (Some(l), true) => return Some(vec![l.to_string()]),
+        (Some(l), false) => route
+            .iter()
+            .filter_map(|r| {
+                if covers(l, r) {
+                    Some(r.clone())
+                } else if covers(r, l) {
+                    Some(l.to_string())
+                } else {
+                    None
+                }
+            })
+            .collect(),
+    };
+    // A name can come out twice, not always in a row (`*.com` and `*.example.com` both narrow to a
+    // `*.example.com` listener): keep the first of each, or the virtual host gets the route twice.
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|name| seen.insert(name.clone()));
+    if names.is_empty() { None } else { Some(names) }
 }
 
 /// Checks a hostname the way the Gateway API's schema does (RFC 1123 labels, optional leading `*.`, no IP).
@@ -51,22 +52,16 @@ pub fn validate(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} is not a valid hostname"));
     }
     if bare.parse::<std::net::IpAddr>().is_ok() {
-        return Err(format!(
-            "{name:?} is an IP address; hostnames must be names"
-        ));
+        return Err(format!("{name:?} is an IP address; hostnames must be names"));
     }
     for label in bare.split('.') {
         let valid = !label.is_empty()
             && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !valid {
-            return Err(format!(
-                "{name:?} is not a valid hostname (label {label:?})"
-            ));
+            return Err(format!("{name:?} is not a valid hostname (label {label:?})"));
         }
     }
     Ok(())
@@ -88,23 +83,25 @@ mod tests {
 
     #[test]
     fn intersection_keeps_the_more_specific_name() {
-        let route = vec![
-            "test.example.com".to_string(),
-            "test.example.net".to_string(),
-        ];
-        assert_eq!(
-            intersect(Some("*.example.com"), &route),
-            Some(vec!["test.example.com".to_string()])
-        );
+        let route = vec!["test.example.com".to_string(), "test.example.net".to_string()];
+        assert_eq!(intersect(Some("*.example.com"), &route), Some(vec!["test.example.com".to_string()]));
         assert_eq!(
             intersect(Some("a.example.com"), &["*.example.com".to_string()]),
             Some(vec!["a.example.com".to_string()])
         );
-        assert_eq!(
-            intersect(Some("a.example.com"), &["b.example.com".to_string()]),
-            None
-        );
+        assert_eq!(intersect(Some("a.example.com"), &["b.example.com".to_string()]), None);
         assert_eq!(intersect(None, &[]), Some(vec!["*".to_string()]));
+    }
+
+    #[test]
+    fn intersection_names_each_host_once() {
+        let route = vec!["*.com".to_string(), "a.example.com".to_string(), "*.example.com".to_string()];
+        assert_eq!(
+            intersect(Some("*.example.com"), &route),
+            Some(vec!["*.example.com".to_string(), "a.example.com".to_string()])
+        );
+        let repeated = vec!["a.example.com".to_string(), "a.example.com".to_string()];
+        assert_eq!(intersect(None, &repeated), Some(vec!["a.example.com".to_string()]));
     }
 
     #[test]

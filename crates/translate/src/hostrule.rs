@@ -25,25 +25,13 @@ const VENDOR_ONLY: [&str; 11] = [
 /// Applies HTTPRules, then HostRules (so that aliases copy the final routes).
 pub fn apply_host_rules(cx: &mut Context<'_>) {
     apply_http_rules(cx);
-    let rules: Vec<_> = cx
-        .snapshot
-        .host_rules
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let rules: Vec<_> = cx.snapshot.host_rules.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (key, rule) in rules {
-        let reference = ResourceRef {
-            kind: Kind::HostRule,
-            key,
-        };
+        let reference = ResourceRef { kind: Kind::HostRule, key };
         let generation = rule.metadata.generation;
         let vhost = &rule.spec.virtualhost;
         let mut remarks = Vec::new();
-        let ignored: Vec<&str> = VENDOR_ONLY
-            .iter()
-            .copied()
-            .filter(|f| vhost.other.contains_key(*f))
-            .collect();
+        let ignored: Vec<&str> = VENDOR_ONLY.iter().copied().filter(|f| vhost.other.contains_key(*f)).collect();
         for field in &ignored {
             cx.warning(
                 &reference,
@@ -67,9 +55,7 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
         for listener in cx.routes.listeners_mut() {
             if vhost.enable_virtual_host == Some(false) {
                 found |= listener.hosts.remove(&vhost.fqdn).is_some();
-                listener
-                    .certificates
-                    .retain(|c| c.hostname.as_deref() != Some(vhost.fqdn.as_str()));
+                listener.certificates.retain(|c| c.hostname.as_deref() != Some(vhost.fqdn.as_str()));
                 continue;
             }
             let Some(routes) = listener.hosts.get(&vhost.fqdn).cloned() else {
@@ -100,16 +86,10 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
         if !found {
             remarks.push(format!("no virtual host serves {} yet", vhost.fqdn));
         }
-        let message = if remarks.is_empty() {
-            "Applied".to_string()
-        } else {
-            remarks.join("; ")
-        };
+        let message = if remarks.is_empty() { "Applied".to_string() } else { remarks.join("; ") };
         cx.set_status(
             reference,
-            ResourceStatus::Conditions {
-                conditions: vec![ok("Accepted", "Accepted", message, generation)],
-            },
+            ResourceStatus::Conditions { conditions: vec![ok("Accepted", "Accepted", message, generation)] },
         );
     }
 }
@@ -117,48 +97,22 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
 /// HTTPRule `paths[].tls.type: reencrypt`: the pools behind matching routes of the FQDN speak TLS, verified
 /// against `destinationCA` (or the system's CAs).
 fn apply_http_rules(cx: &mut Context<'_>) {
-    let rules: Vec<_> = cx
-        .snapshot
-        .http_rules
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let rules: Vec<_> = cx.snapshot.http_rules.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (key, rule) in rules {
-        let reference = ResourceRef {
-            kind: Kind::HttpRule,
-            key,
-        };
+        let reference = ResourceRef { kind: Kind::HttpRule, key };
         let generation = rule.metadata.generation;
         let mut remarks = Vec::new();
         for (i, path) in rule.spec.paths.iter().enumerate() {
             for field in path.other.keys() {
-                cx.warning(
-                    &reference,
-                    format!("spec.paths[{i}].{field}"),
-                    "is not honoured yet",
-                );
+                cx.warning(&reference, format!("spec.paths[{i}].{field}"), "is not honoured yet");
                 remarks.push(format!("paths[{i}].{field} not honoured yet"));
             }
             let Some(tls) = &path.tls else { continue };
             if tls.kind != "reencrypt" {
-                cx.error(
-                    &reference,
-                    format!("spec.paths[{i}].tls.type"),
-                    format!("{:?} is not reencrypt", tls.kind),
-                );
+                cx.error(&reference, format!("spec.paths[{i}].tls.type"), format!("{:?} is not reencrypt", tls.kind));
                 continue;
             }
-            if tls.destination_ca.is_none() {
-                cx.warning(
-                    &reference,
-                    format!("spec.paths[{i}].tls"),
-                    "no destinationCA: the backend's certificate is verified against the system's CAs",
-                );
-            }
-            let upstream = UpstreamTls {
-                server_name: None,
-                ca_pem: tls.destination_ca.clone(),
-            };
+            let upstream = UpstreamTls { server_name: None, ca_pem: tls.destination_ca.clone() };
             let mut pools = Vec::new();
             for listener in cx.routes.listeners_mut() {
                 let Some(routes) = listener.hosts.get_mut(&rule.spec.fqdn) else {
@@ -167,9 +121,7 @@ fn apply_http_rules(cx: &mut Context<'_>) {
                 for ranked in routes.iter_mut() {
                     let route = &mut ranked.route;
                     // As in the operator, HTTPRule applies to the Ingress's paths (HTTPRoute comes later).
-                    if !route.name.starts_with("ingress/")
-                        || !under(&route.matcher.path, &path.target)
-                    {
+                    if !route.name.starts_with("ingress/") || !under(&route.matcher.path, &path.target) {
                         continue;
                     }
                     if let Action::Forward(backends) = &mut route.action {
@@ -183,6 +135,18 @@ fn apply_http_rules(cx: &mut Context<'_>) {
                     }
                 }
             }
+            if pools.is_empty() {
+                remarks.push(format!(
+                    "paths[{i}].tls: no Ingress path of {} under {} (HTTPRoute support comes later)",
+                    rule.spec.fqdn, path.target
+                ));
+            } else if tls.destination_ca.is_none() {
+                cx.warning(
+                    &reference,
+                    format!("spec.paths[{i}].tls"),
+                    "no destinationCA: the backend's certificate is verified against the system's CAs",
+                );
+            }
             for (plain, encrypted) in pools {
                 if let Some(mut pool) = cx.out.ir.pools.get(&plain).cloned() {
                     pool.name = encrypted.clone();
@@ -191,11 +155,7 @@ fn apply_http_rules(cx: &mut Context<'_>) {
                 }
             }
         }
-        let message = if remarks.is_empty() {
-            "Applied".to_string()
-        } else {
-            remarks.join("; ")
-        };
+        let message = if remarks.is_empty() { "Applied".to_string() } else { remarks.join("; ") };
         let conditions: Vec<Condition> = vec![ok("Accepted", "Accepted", message, generation)];
         cx.set_status(reference, ResourceStatus::Conditions { conditions });
     }

@@ -6,8 +6,8 @@ use crate::gateway::{GATEWAY_GROUP, GatewayInfo};
 use crate::refgrant::{RefEnd, permitted};
 use crate::{Context, hostname, not, ok};
 use portico_ir::{
-    Action, Filter, HeaderEdits, PathMatch, PathRewrite, Redirect, Route, RouteMatch, StringMatch,
-    UrlRewrite, ValueMatch, WeightedPool,
+    Action, Filter, HeaderEdits, PathMatch, PathRewrite, Redirect, Route, RouteMatch, StringMatch, UrlRewrite,
+    ValueMatch, WeightedPool,
 };
 use portico_resources::gateway::{
     HttpHeaderFilter, HttpHeaderMatch, HttpPathModifier, HttpRoute, HttpRouteRule, ParentReference,
@@ -32,12 +32,7 @@ struct RouteProblems {
 /// Translates every HTTPRoute that names one of Portico's Gateways.
 pub fn translate_http_routes(cx: &mut Context<'_>, gateways: &mut [GatewayInfo]) {
     let mut routes: Vec<(&ObjectKey, &HttpRoute)> = cx.snapshot.http_routes.iter().collect();
-    routes.sort_by_key(|(key, r)| {
-        (
-            r.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            (*key).clone(),
-        )
-    });
+    routes.sort_by_key(|(key, r)| (r.metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
     for (key, route) in routes {
         translate_http_route(cx, gateways, key, route);
     }
@@ -48,16 +43,8 @@ fn is_gateway_parent(parent: &ParentReference) -> bool {
         && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
 }
 
-fn translate_http_route(
-    cx: &mut Context<'_>,
-    gateways: &mut [GatewayInfo],
-    key: &ObjectKey,
-    route: &HttpRoute,
-) {
-    let reference = ResourceRef {
-        kind: Kind::HttpRoute,
-        key: key.clone(),
-    };
+fn translate_http_route(cx: &mut Context<'_>, gateways: &mut [GatewayInfo], key: &ObjectKey, route: &HttpRoute) {
+    let reference = ResourceRef { kind: Kind::HttpRoute, key: key.clone() };
     let generation = route.metadata.generation;
     let ours: Vec<usize> = route
         .spec
@@ -67,21 +54,14 @@ fn translate_http_route(
         .filter(|(_, p)| is_gateway_parent(p))
         .filter(|(_, p)| {
             let ns = p.namespace.as_deref().unwrap_or(&key.namespace);
-            gateways
-                .iter()
-                .any(|g| g.reference.key == ObjectKey::new(ns, &p.name))
+            gateways.iter().any(|g| g.reference.key == ObjectKey::new(ns, &p.name))
         })
         .map(|(i, _)| i)
         .collect();
     if ours.is_empty() {
         for (i, parent) in route.spec.parent_refs.iter().enumerate() {
             let ns = parent.namespace.as_deref().unwrap_or(&key.namespace);
-            if is_gateway_parent(parent)
-                && !cx
-                    .snapshot
-                    .gateways
-                    .contains_key(&ObjectKey::new(ns, &parent.name))
-            {
+            if is_gateway_parent(parent) && !cx.snapshot.gateways.contains_key(&ObjectKey::new(ns, &parent.name)) {
                 cx.warning(
                     &reference,
                     format!("spec.parentRefs[{i}]"),
@@ -96,9 +76,7 @@ fn translate_http_route(
     for (i, name) in route.spec.hostnames.iter().enumerate() {
         if let Err(message) = hostname::validate(name) {
             cx.error(&reference, format!("spec.hostnames[{i}]"), message);
-            problems
-                .invalid_rules
-                .push(format!("hostname {name:?} is invalid"));
+            problems.invalid_rules.push(format!("hostname {name:?} is invalid"));
         }
     }
     let hostname_invalid = !problems.invalid_rules.is_empty();
@@ -110,19 +88,12 @@ fn translate_http_route(
         .map(|(i, rule)| compile_rule(cx, &reference, rule, i, &mut problems))
         .collect();
     let valid_rules = rules.iter().filter(|r| r.is_some()).count();
-    let created = route
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.to_string());
+    let created = route.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
 
     let mut parents = Vec::new();
     for index in ours {
         let parent = &route.spec.parent_refs[index];
-        let gateway_key = ObjectKey::new(
-            parent.namespace.as_deref().unwrap_or(&key.namespace),
-            &parent.name,
-        );
+        let gateway_key = ObjectKey::new(parent.namespace.as_deref().unwrap_or(&key.namespace), &parent.name);
         let Some(gateway) = gateways.iter_mut().find(|g| g.reference.key == gateway_key) else {
             continue;
         };
@@ -138,63 +109,40 @@ fn translate_http_route(
         let admitted: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|&i| {
-                gateway.listeners[i].admits(
-                    cx.snapshot,
-                    &gateway_key.namespace,
-                    "HTTPRoute",
-                    &key.namespace,
-                )
-            })
+            .filter(|&i| gateway.listeners[i].admits(cx.snapshot, &gateway_key.namespace, "HTTPRoute", &key.namespace))
             .collect();
-        let matching: Vec<(usize, Vec<String>)> = admitted
+        // Attachment depends on the parentRef, allowedRoutes and hostnames only, not on the listener's status:
+        // a route attached to a listener that is not programmed still counts in its attachedRoutes.
+        let attached: Vec<(usize, Vec<String>)> = admitted
             .iter()
-            .filter(|&&i| gateway.listeners[i].ready)
             .filter_map(|&i| {
-                hostname::intersect(
-                    gateway.listeners[i].hostname.as_deref(),
-                    &route.spec.hostnames,
-                )
-                .map(|h| (i, h))
+                hostname::intersect(gateway.listeners[i].hostname.as_deref(), &route.spec.hostnames).map(|h| (i, h))
             })
             .collect();
 
         let accepted = if candidates.is_empty() {
-            Err((
-                "NoMatchingParent",
-                "no listener matches the parentRef's sectionName and port".to_string(),
-            ))
+            Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".to_string()))
         } else if admitted.is_empty() {
-            Err((
-                "NotAllowedByListeners",
-                "the listeners' allowedRoutes do not admit this route".to_string(),
-            ))
-        } else if matching.is_empty() {
-            Err((
-                "NoMatchingListenerHostname",
-                "no listener hostname intersects the route's hostnames".to_string(),
-            ))
+            Err(("NotAllowedByListeners", "the listeners' allowedRoutes do not admit this route".to_string()))
+        } else if attached.is_empty() {
+            Err(("NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames".to_string()))
         } else if hostname_invalid || valid_rules == 0 && !route.spec.rules.is_empty() {
             Err(("UnsupportedValue", problems.invalid_rules.join("; ")))
+        } else if !attached.iter().any(|(i, _)| gateway.listeners[*i].ready) {
+            Err((
+                "NoReadyListeners",
+                "the route attaches only to listeners that are not programmed (see the Gateway's status)".to_string(),
+            ))
         } else {
             Ok(())
         };
         match &accepted {
             Ok(()) => conditions.push(ok("Accepted", "Accepted", "Route accepted", generation)),
-            Err((reason, message)) => {
-                conditions.push(not("Accepted", reason, message.clone(), generation))
-            }
+            Err((reason, message)) => conditions.push(not("Accepted", reason, message.clone(), generation)),
         }
         match &problems.unresolved {
-            None => conditions.push(ok(
-                "ResolvedRefs",
-                "ResolvedRefs",
-                "References resolved",
-                generation,
-            )),
-            Some((reason, message)) => {
-                conditions.push(not("ResolvedRefs", reason, message.clone(), generation))
-            }
+            None => conditions.push(ok("ResolvedRefs", "ResolvedRefs", "References resolved", generation)),
+            Some((reason, message)) => conditions.push(not("ResolvedRefs", reason, message.clone(), generation)),
         }
         if accepted.is_ok() && !problems.invalid_rules.is_empty() {
             conditions.push(Condition::new(
@@ -205,19 +153,24 @@ fn translate_http_route(
                 generation,
             ));
         }
+        // Routes that are themselves not accepted (say, every rule invalid) count as attached too, as the spec
+        // of attachedRoutes requires.
+        for (listener_index, _) in &attached {
+            gateway.listeners[*listener_index].attached_routes += 1;
+        }
         if accepted.is_ok() {
-            for (listener_index, hostnames) in &matching {
-                let listener = &mut gateway.listeners[*listener_index];
-                listener.attached_routes += 1;
+            for (listener_index, hostnames) in &attached {
+                let listener = &gateway.listeners[*listener_index];
+                if !listener.ready {
+                    continue;
+                }
                 let Some(protocol) = listener.protocol else {
                     continue;
                 };
                 for ip in &gateway.addresses {
-                    let Ok(entry) = cx.routes.listener(
-                        socket(*ip, listener.port),
-                        protocol,
-                        &gateway.reference.to_string(),
-                    ) else {
+                    let Ok(entry) =
+                        cx.routes.listener(socket(*ip, listener.port), protocol, &gateway.reference.to_string())
+                    else {
                         continue;
                     };
                     for host in hostnames {
@@ -225,11 +178,17 @@ fn translate_http_route(
                         for (rule_index, rule) in rules.iter().enumerate() {
                             let Some(rule) = rule else { continue };
                             for (match_index, matcher) in rule.matches.iter().enumerate() {
+                                let name = format!(
+                                    "httproute/{}/{}/rule/{rule_index}/match/{match_index}",
+                                    key.namespace, key.name
+                                );
+                                // Two listeners sharing a socket (or two parentRefs) can bring the
+                                // same route to the same host: it is served once.
+                                if routes.iter().any(|r| r.route.name == name) {
+                                    continue;
+                                }
                                 let ir_route = Route {
-                                    name: format!(
-                                        "httproute/{}/{}/rule/{rule_index}/match/{match_index}",
-                                        key.namespace, key.name
-                                    ),
+                                    name,
                                     matcher: matcher.clone(),
                                     filters: rule.filters.clone(),
                                     action: rule.action.clone(),
@@ -241,10 +200,7 @@ fn translate_http_route(
                                     rule_index,
                                     match_index,
                                 );
-                                routes.push(RankedRoute {
-                                    rank,
-                                    route: ir_route,
-                                });
+                                routes.push(RankedRoute { rank, route: ir_route });
                             }
                         }
                     }
@@ -281,10 +237,7 @@ fn compile_rule(
             let kind = path.kind.as_deref().unwrap_or("PathPrefix");
             out.path = match kind {
                 "Exact" | "PathPrefix" if !value.starts_with('/') => {
-                    errors.push((
-                        at(format!(".matches[{m}].path.value")),
-                        format!("{value:?} must start with /"),
-                    ));
+                    errors.push((at(format!(".matches[{m}].path.value")), format!("{value:?} must start with /")));
                     PathMatch::Prefix("/".into())
                 }
                 "Exact" => PathMatch::Exact(value),
@@ -307,33 +260,18 @@ fn compile_rule(
                 }
             };
         }
-        out.headers = value_matches(
-            &spec.headers,
-            &at(format!(".matches[{m}].headers")),
-            &mut errors,
-        );
-        out.query_params = value_matches(
-            &spec.query_params,
-            &at(format!(".matches[{m}].queryParams")),
-            &mut errors,
-        );
+        out.headers = value_matches(&spec.headers, &at(format!(".matches[{m}].headers")), &mut errors);
+        out.query_params = value_matches(&spec.query_params, &at(format!(".matches[{m}].queryParams")), &mut errors);
         if let Some(method) = &spec.method {
-            const METHODS: [&str; 9] = [
-                "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-            ];
+            const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
             if !METHODS.contains(&method.as_str()) {
-                errors.push((
-                    at(format!(".matches[{m}].method")),
-                    format!("{method:?} is not an HTTP method"),
-                ));
+                errors.push((at(format!(".matches[{m}].method")), format!("{method:?} is not an HTTP method")));
             }
             out.method = Some(method.clone());
         }
         matches.push(out);
     }
-    let all_prefix = matches
-        .iter()
-        .all(|m| matches!(m.path, PathMatch::Prefix(_)));
+    let all_prefix = matches.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
 
     let mut filters = Vec::new();
     let mut redirect = None;
@@ -342,28 +280,17 @@ fn compile_rule(
         match filter.kind.as_str() {
             "RequestHeaderModifier" => match &filter.request_header_modifier {
                 Some(m) => filters.push(Filter::RequestHeaders(header_edits(m))),
-                None => errors.push((
-                    field,
-                    "type RequestHeaderModifier needs requestHeaderModifier".into(),
-                )),
+                None => errors.push((field, "type RequestHeaderModifier needs requestHeaderModifier".into())),
             },
             "ResponseHeaderModifier" => match &filter.response_header_modifier {
                 Some(m) => filters.push(Filter::ResponseHeaders(header_edits(m))),
-                None => errors.push((
-                    field,
-                    "type ResponseHeaderModifier needs responseHeaderModifier".into(),
-                )),
+                None => errors.push((field, "type ResponseHeaderModifier needs responseHeaderModifier".into())),
             },
             "URLRewrite" => match &filter.url_rewrite {
                 Some(rewrite) => {
-                    let path = rewrite
-                        .path
-                        .as_ref()
-                        .and_then(|p| path_modifier(p, &matches, all_prefix, &field, &mut errors));
-                    filters.push(Filter::UrlRewrite(UrlRewrite {
-                        hostname: rewrite.hostname.clone(),
-                        path,
-                    }));
+                    let path =
+                        rewrite.path.as_ref().and_then(|p| path_modifier(p, &matches, all_prefix, &field, &mut errors));
+                    filters.push(Filter::UrlRewrite(UrlRewrite { hostname: rewrite.hostname.clone(), path }));
                 }
                 None => errors.push((field, "type URLRewrite needs urlRewrite".into())),
             },
@@ -376,21 +303,21 @@ fn compile_rule(
                             format!("{status} is not a redirect status"),
                         ));
                     }
-                    if let Some(scheme) = r
-                        .scheme
-                        .as_deref()
-                        .filter(|s| !matches!(*s, "http" | "https"))
-                    {
+                    if let Some(scheme) = r.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
                         errors.push((
                             format!("{field}.requestRedirect.scheme"),
                             format!("{scheme:?} is not http or https"),
                         ));
                     }
-                    let port = r.port.and_then(|p| u16::try_from(p).ok());
-                    let path = r
-                        .path
-                        .as_ref()
-                        .and_then(|p| path_modifier(p, &matches, all_prefix, &field, &mut errors));
+                    // Without a port the spec derives one: the scheme's well-known port when the scheme
+                    // changes, else the listener's (which the request arrived on, so `None` keeps it).
+                    let port = r.port.and_then(|p| u16::try_from(p).ok()).or(match r.scheme.as_deref() {
+                        Some("http") => Some(80),
+                        Some("https") => Some(443),
+                        _ => None,
+                    });
+                    let path =
+                        r.path.as_ref().and_then(|p| path_modifier(p, &matches, all_prefix, &field, &mut errors));
                     redirect = Some(Redirect {
                         scheme: r.scheme.clone(),
                         hostname: r.hostname.clone(),
@@ -401,17 +328,11 @@ fn compile_rule(
                 }
                 None => errors.push((field, "type RequestRedirect needs requestRedirect".into())),
             },
-            other => errors.push((
-                format!("{field}.type"),
-                format!("filter {other} is not supported yet"),
-            )),
+            other => errors.push((format!("{field}.type"), format!("filter {other} is not supported yet"))),
         }
     }
     if redirect.is_some() && filters.iter().any(|f| matches!(f, Filter::UrlRewrite(_))) {
-        errors.push((
-            at(".filters".into()),
-            "RequestRedirect and URLRewrite cannot be used together".into(),
-        ));
+        errors.push((at(".filters".into()), "RequestRedirect and URLRewrite cannot be used together".into()));
     }
 
     let action = match redirect {
@@ -421,32 +342,22 @@ fn compile_rule(
             for (b, backend_ref) in rule.backend_refs.iter().enumerate() {
                 let field = at(format!(".backendRefs[{b}]"));
                 if !backend_ref.filters.is_empty() {
-                    errors.push((
-                        format!("{field}.filters"),
-                        "per-backend filters are not supported yet".into(),
-                    ));
+                    errors.push((format!("{field}.filters"), "per-backend filters are not supported yet".into()));
                 }
                 let weight = u32::try_from(backend_ref.weight.unwrap_or(1)).unwrap_or(0);
                 match resolve_backend(cx, reference, backend_ref) {
-                    Ok(pool) => pools.push(WeightedPool {
-                        pool: Some(pool),
-                        weight,
-                    }),
+                    Ok(pool) => pools.push(WeightedPool { pool: Some(pool), weight }),
                     Err(error) => {
                         cx.error(reference, field, error.message().to_string());
                         if problems.unresolved.is_none() {
-                            problems.unresolved =
-                                Some((error.reason(), error.message().to_string()));
+                            problems.unresolved = Some((error.reason(), error.message().to_string()));
                         }
                         pools.push(WeightedPool { pool: None, weight });
                     }
                 }
             }
             if pools.iter().all(|p| p.weight == 0) {
-                Action::Respond {
-                    status: 500,
-                    body: "no backend for this route\n".into(),
-                }
+                Action::Respond { status: 500, body: "no backend for this route\n".into() }
             } else {
                 Action::Forward(pools)
             }
@@ -454,18 +365,12 @@ fn compile_rule(
     };
 
     if errors.is_empty() {
-        Some(CompiledRule {
-            matches,
-            filters,
-            action,
-        })
+        Some(CompiledRule { matches, filters, action })
     } else {
         for (field, message) in errors.iter() {
             cx.error(reference, field.clone(), message.clone());
         }
-        problems
-            .invalid_rules
-            .push(format!("rule {index}: {}", errors[0].1));
+        problems.invalid_rules.push(format!("rule {index}: {}", errors[0].1));
         None
     }
 }
@@ -478,27 +383,16 @@ fn resolve_backend(
     let backend = &backend_ref.backend;
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
-    if group != "" || kind != "Service" {
+    if !group.is_empty() || kind != "Service" {
         return Err(BackendError::InvalidKind(format!(
             "{kind} in group {group:?} is not a supported backend (Service is)"
         )));
     }
-    let namespace = backend
-        .namespace
-        .as_deref()
-        .unwrap_or(&reference.key.namespace);
+    let namespace = backend.namespace.as_deref().unwrap_or(&reference.key.namespace);
     let allowed = permitted(
         cx.snapshot,
-        &RefEnd {
-            group: GATEWAY_GROUP,
-            kind: "HTTPRoute",
-            namespace: &reference.key.namespace,
-        },
-        &RefEnd {
-            group: "",
-            kind: "Service",
-            namespace,
-        },
+        &RefEnd { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: &reference.key.namespace },
+        &RefEnd { group: "", kind: "Service", namespace },
         &backend.name,
     );
     if !allowed {
@@ -508,23 +402,12 @@ fn resolve_backend(
         )));
     }
     let Some(port) = backend.port else {
-        return Err(BackendError::NotFound(format!(
-            "backendRef to Service {namespace}/{} needs a port",
-            backend.name
-        )));
+        return Err(BackendError::NotFound(format!("backendRef to Service {namespace}/{} needs a port", backend.name)));
     };
-    service_pool(
-        cx,
-        &ObjectKey::new(namespace, &backend.name),
-        ServicePort::Number(port),
-    )
+    service_pool(cx, &ObjectKey::new(namespace, &backend.name), ServicePort::Number(port))
 }
 
-fn value_matches(
-    specs: &[HttpHeaderMatch],
-    field: &str,
-    errors: &mut Vec<(String, String)>,
-) -> Vec<ValueMatch> {
+fn value_matches(specs: &[HttpHeaderMatch], field: &str, errors: &mut Vec<(String, String)>) -> Vec<ValueMatch> {
     specs
         .iter()
         .enumerate()
@@ -541,44 +424,24 @@ fn value_matches(
                     StringMatch::Regex(spec.value.clone())
                 }
                 other => {
-                    errors.push((
-                        format!("{field}[{i}].type"),
-                        format!("{other:?} is not Exact or RegularExpression"),
-                    ));
+                    errors.push((format!("{field}[{i}].type"), format!("{other:?} is not Exact or RegularExpression")));
                     StringMatch::Exact(spec.value.clone())
                 }
             };
             if spec.name.is_empty()
-                || !spec
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b))
+                || !spec.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b))
             {
-                errors.push((
-                    format!("{field}[{i}].name"),
-                    format!("{:?} is not a valid name", spec.name),
-                ));
+                errors.push((format!("{field}[{i}].name"), format!("{:?} is not a valid name", spec.name)));
             }
-            ValueMatch {
-                name: spec.name.clone(),
-                value,
-            }
+            ValueMatch { name: spec.name.clone(), value }
         })
         .collect()
 }
 
 fn header_edits(spec: &HttpHeaderFilter) -> HeaderEdits {
     HeaderEdits {
-        set: spec
-            .set
-            .iter()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect(),
-        add: spec
-            .add
-            .iter()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect(),
+        set: spec.set.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+        add: spec.add.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
         remove: spec.remove.clone(),
     }
 }
@@ -591,9 +454,7 @@ fn path_modifier(
     errors: &mut Vec<(String, String)>,
 ) -> Option<PathRewrite> {
     match spec.kind.as_str() {
-        "ReplaceFullPath" => Some(PathRewrite::Full(
-            spec.replace_full_path.clone().unwrap_or_else(|| "/".into()),
-        )),
+        "ReplaceFullPath" => Some(PathRewrite::Full(spec.replace_full_path.clone().unwrap_or_else(|| "/".into()))),
         "ReplacePrefixMatch" => {
             if !all_prefix || matches.len() != 1 {
                 errors.push((
@@ -607,10 +468,7 @@ fn path_modifier(
             };
             Some(PathRewrite::Prefix {
                 matched: matched.clone(),
-                replacement: spec
-                    .replace_prefix_match
-                    .clone()
-                    .unwrap_or_else(|| "/".into()),
+                replacement: spec.replace_prefix_match.clone().unwrap_or_else(|| "/".into()),
             })
         }
         other => {
@@ -624,11 +482,5 @@ fn path_modifier(
 }
 
 fn first_line(error: &regex::Error) -> String {
-    error
-        .to_string()
-        .lines()
-        .last()
-        .unwrap_or("")
-        .trim()
-        .to_string()
+    error.to_string().lines().last().unwrap_or("").trim().to_string()
 }

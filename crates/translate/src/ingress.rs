@@ -6,9 +6,7 @@ use crate::tls::{CertError, load_certificate};
 use crate::{Context, hostname};
 use portico_ir::{Action, PathMatch, Protocol, Route, RouteMatch, SniCertificate, WeightedPool};
 use portico_resources::core::{Ingress, IngressBackend};
-use portico_resources::status::{
-    IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus, ResourceStatus,
-};
+use portico_resources::status::{IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus, ResourceStatus};
 use portico_resources::{Kind, ObjectKey, ResourceRef};
 
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
@@ -21,8 +19,7 @@ fn classes(cx: &Context<'_>) -> (Vec<String>, Option<String>) {
         .ingress_classes
         .iter()
         .filter(|(_, c)| {
-            c.spec.as_ref().and_then(|s| s.controller.as_deref())
-                == Some(cx.options.ingress_controller.as_str())
+            c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(cx.options.ingress_controller.as_str())
         })
         .map(|(key, c)| {
             let default = c
@@ -34,11 +31,8 @@ fn classes(cx: &Context<'_>) -> (Vec<String>, Option<String>) {
             (key.name.clone(), default)
         })
         .collect();
-    let default = ours
-        .iter()
-        .find(|(_, d)| *d)
-        .map(|(n, _)| n.clone())
-        .or_else(|| cx.options.default_ingress_class.clone());
+    let default =
+        ours.iter().find(|(_, d)| *d).map(|(n, _)| n.clone()).or_else(|| cx.options.default_ingress_class.clone());
     let mut names: Vec<String> = ours.into_iter().map(|(n, _)| n).collect();
     if let Some(d) = &cx.options.default_ingress_class {
         names.push(d.clone());
@@ -52,17 +46,8 @@ pub fn translate_ingresses(cx: &mut Context<'_>) {
     let ingresses: Vec<(&ObjectKey, &Ingress)> = cx.snapshot.ingresses.iter().collect();
     for (key, ingress) in ingresses {
         let spec = ingress.spec.clone().unwrap_or_default();
-        let legacy = ingress
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
-            .cloned();
-        let class = spec
-            .ingress_class_name
-            .clone()
-            .or(legacy)
-            .or_else(|| default.clone());
+        let legacy = ingress.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).cloned();
+        let class = spec.ingress_class_name.clone().or(legacy).or_else(|| default.clone());
         if class.is_none_or(|c| !ours.contains(&c)) {
             continue;
         }
@@ -71,16 +56,9 @@ pub fn translate_ingresses(cx: &mut Context<'_>) {
 }
 
 fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
-    let reference = ResourceRef {
-        kind: Kind::Ingress,
-        key: key.clone(),
-    };
+    let reference = ResourceRef { kind: Kind::Ingress, key: key.clone() };
     let spec = ingress.spec.clone().unwrap_or_default();
-    let created = ingress
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.to_string());
+    let created = ingress.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
     let owner = reference.to_string();
 
     // TLS: which hosts get HTTPS, with which certificate.
@@ -91,10 +69,7 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
                 let secret_key = ObjectKey::new(&key.namespace, secret);
                 match load_certificate(cx.snapshot, &secret_key) {
                     Ok(certificate) => {
-                        cx.out
-                            .ir
-                            .certificates
-                            .insert(secret_key.to_string(), certificate);
+                        cx.out.ir.certificates.insert(secret_key.to_string(), certificate);
                         Some(secret_key.to_string())
                     }
                     Err(CertError::NotFound(m) | CertError::Invalid(m)) => {
@@ -112,31 +87,29 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
             tls_hosts.extend(hosts.into_iter().map(|h| (Some(h), certificate.clone())));
         }
     }
+    // Only hosts with a usable certificate get HTTPS: without one every handshake would fail (the error on
+    // spec.tls says why), so such a host stays on HTTP only.
     let https_for = |host: &str| {
         tls_hosts
             .iter()
-            .any(|(h, _)| h.as_deref().is_none_or(|h| hostname::covers(h, host)))
+            .any(|(h, certificate)| certificate.is_some() && h.as_deref().is_none_or(|h| hostname::covers(h, host)))
     };
 
     let mut rules: Vec<(String, Vec<Route>)> = Vec::new();
     for (r, rule) in spec.rules.iter().flatten().enumerate() {
         let host = rule.host.clone().unwrap_or_else(|| "*".into());
-        if host != "*" {
-            if let Err(message) = hostname::validate(&host) {
-                cx.error(&reference, format!("spec.rules[{r}].host"), message);
-                continue;
-            }
+        if host != "*"
+            && let Err(message) = hostname::validate(&host)
+        {
+            cx.error(&reference, format!("spec.rules[{r}].host"), message);
+            continue;
         }
         let mut routes = Vec::new();
         for (p, path) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
             let field = format!("spec.rules[{r}].http.paths[{p}]");
             let value = path.path.clone().unwrap_or_else(|| "/".into());
             if !value.starts_with('/') {
-                cx.error(
-                    &reference,
-                    format!("{field}.path"),
-                    format!("{value:?} must start with /"),
-                );
+                cx.error(&reference, format!("{field}.path"), format!("{value:?} must start with /"));
                 continue;
             }
             let matcher = match path.path_type.as_str() {
@@ -151,70 +124,56 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
                     continue;
                 }
             };
-            let Some(action) =
-                backend_action(cx, &reference, &path.backend, &format!("{field}.backend"))
-            else {
+            let Some(action) = backend_action(cx, &reference, &path.backend, &format!("{field}.backend")) else {
                 continue;
             };
             routes.push(Route {
                 name: format!("ingress/{}/{}/rule/{r}/path/{p}", key.namespace, key.name),
-                matcher: RouteMatch {
-                    path: matcher,
-                    ..RouteMatch::default()
-                },
+                matcher: RouteMatch { path: matcher, ..RouteMatch::default() },
                 filters: Vec::new(),
                 action,
             });
         }
         rules.push((host, routes));
     }
-    if let Some(backend) = &spec.default_backend {
-        if let Some(action) = backend_action(cx, &reference, backend, "spec.defaultBackend") {
-            // The default backend answers whatever the rules do not: every host of this Ingress, and any host.
-            let fallback = Route {
-                name: format!("ingress/{}/{}/default", key.namespace, key.name),
-                matcher: RouteMatch::default(),
-                filters: Vec::new(),
-                action,
-            };
-            for (_, routes) in rules.iter_mut() {
-                routes.push(fallback.clone());
-            }
-            if !rules.iter().any(|(h, _)| h == "*") {
-                rules.push(("*".into(), vec![fallback]));
-            }
+    if let Some(backend) = &spec.default_backend
+        && let Some(action) = backend_action(cx, &reference, backend, "spec.defaultBackend")
+    {
+        // The default backend answers whatever the rules do not: every host of this Ingress, and any host.
+        let fallback = Route {
+            name: format!("ingress/{}/{}/default", key.namespace, key.name),
+            matcher: RouteMatch::default(),
+            filters: Vec::new(),
+            action,
+        };
+        for (_, routes) in rules.iter_mut() {
+            routes.push(fallback.clone());
+        }
+        if !rules.iter().any(|(h, _)| h == "*") {
+            rules.push(("*".into(), vec![fallback]));
         }
     }
 
     for ip in cx.options.ingress_addresses.clone() {
         for (port, protocol) in [(80u16, Protocol::Http), (443, Protocol::Https)] {
-            let wanted: Vec<&(String, Vec<Route>)> = rules
-                .iter()
-                .filter(|(host, _)| protocol == Protocol::Http || https_for(host))
-                .collect();
+            let wanted: Vec<&(String, Vec<Route>)> =
+                rules.iter().filter(|(host, _)| protocol == Protocol::Http || https_for(host)).collect();
             if wanted.is_empty() {
                 continue;
             }
             let entry = match cx.routes.listener(socket(ip, port), protocol, &owner) {
                 Ok(entry) => entry,
                 Err(message) => {
-                    cx.out
-                        .diagnostics
-                        .push(portico_resources::Diagnostic::error(
-                            reference.clone(),
-                            "spec",
-                            message,
-                        ));
+                    cx.out.diagnostics.push(portico_resources::Diagnostic::error(reference.clone(), "spec", message));
                     continue;
                 }
             };
             if protocol == Protocol::Https {
                 for (host, certificate) in &tls_hosts {
                     if let Some(certificate) = certificate {
-                        entry.certificates.push(SniCertificate {
-                            hostname: host.clone(),
-                            certificate: certificate.clone(),
-                        });
+                        entry
+                            .certificates
+                            .push(SniCertificate { hostname: host.clone(), certificate: certificate.clone() });
                     }
                 }
             }
@@ -227,10 +186,7 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
                     } else {
                         RouteRank::new(route, created.clone(), key.to_string(), i, 0)
                     };
-                    vhost.push(RankedRoute {
-                        rank,
-                        route: route.clone(),
-                    });
+                    vhost.push(RankedRoute { rank, route: route.clone() });
                 }
             }
         }
@@ -263,33 +219,15 @@ fn backend_action(
         Some((Some(number), _)) => ServicePort::Number(number),
         Some((None, Some(name))) => ServicePort::Name(name),
         _ => {
-            cx.error(
-                reference,
-                format!("{field}.service.port"),
-                "a port number or name is required",
-            );
+            cx.error(reference, format!("{field}.service.port"), "a port number or name is required");
             return None;
         }
     };
-    match service_pool(
-        cx,
-        &ObjectKey::new(&reference.key.namespace, &service.name),
-        port,
-    ) {
-        Ok(pool) => Some(Action::Forward(vec![WeightedPool {
-            pool: Some(pool),
-            weight: 1,
-        }])),
+    match service_pool(cx, &ObjectKey::new(&reference.key.namespace, &service.name), port) {
+        Ok(pool) => Some(Action::Forward(vec![WeightedPool { pool: Some(pool), weight: 1 }])),
         Err(error) => {
-            cx.error(
-                reference,
-                format!("{field}.service"),
-                error.message().to_string(),
-            );
-            Some(Action::Respond {
-                status: 503,
-                body: "backend service not found\n".into(),
-            })
+            cx.error(reference, format!("{field}.service"), error.message().to_string());
+            Some(Action::Respond { status: 503, body: "backend service not found\n".into() })
         }
     }
 }

@@ -87,11 +87,7 @@ impl Translation {
     pub fn report(&self) -> Report<'_> {
         Report {
             ir: &self.ir,
-            statuses: self
-                .statuses
-                .iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            statuses: self.statuses.iter().map(|(k, v)| (k.to_string(), v)).collect(),
             diagnostics: self.diagnostics.iter().map(ToString::to_string).collect(),
         }
     }
@@ -107,12 +103,7 @@ pub struct Report<'a> {
 
 /// Translates a snapshot. Pure: no I/O, no clock.
 pub fn translate(snapshot: &Snapshot, options: &TranslateOptions) -> Translation {
-    let mut cx = Context {
-        snapshot,
-        options,
-        out: Translation::default(),
-        routes: assemble::RouteTable::default(),
-    };
+    let mut cx = Context { snapshot, options, out: Translation::default(), routes: assemble::RouteTable::default() };
     let mut gateways = gateway::translate_gateways(&mut cx);
     httproute::translate_http_routes(&mut cx, &mut gateways);
     gateway::write_gateway_statuses(&mut cx, &gateways);
@@ -125,13 +116,7 @@ pub fn translate(snapshot: &Snapshot, options: &TranslateOptions) -> Translation
         snapshot.locate(diagnostic);
     }
     out.diagnostics.sort_by(|a, b| {
-        (&a.file, a.line, &a.resource, &a.field, &a.message).cmp(&(
-            &b.file,
-            b.line,
-            &b.resource,
-            &b.field,
-            &b.message,
-        ))
+        (&a.file, a.line, &a.resource, &a.field, &a.message).cmp(&(&b.file, b.line, &b.resource, &b.field, &b.message))
     });
     out.diagnostics.dedup();
     out
@@ -146,26 +131,12 @@ pub(crate) struct Context<'a> {
 }
 
 impl Context<'_> {
-    pub fn error(
-        &mut self,
-        resource: &ResourceRef,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        self.out
-            .diagnostics
-            .push(Diagnostic::error(resource.clone(), field, message));
+    pub fn error(&mut self, resource: &ResourceRef, field: impl Into<String>, message: impl Into<String>) {
+        self.out.diagnostics.push(Diagnostic::error(resource.clone(), field, message));
     }
 
-    pub fn warning(
-        &mut self,
-        resource: &ResourceRef,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        self.out
-            .diagnostics
-            .push(Diagnostic::warning(resource.clone(), field, message));
+    pub fn warning(&mut self, resource: &ResourceRef, field: impl Into<String>, message: impl Into<String>) {
+        self.out.diagnostics.push(Diagnostic::warning(resource.clone(), field, message));
     }
 
     pub fn set_status(&mut self, resource: ResourceRef, status: ResourceStatus) {
@@ -174,21 +145,11 @@ impl Context<'_> {
 }
 
 /// Shorthand for a condition with `True` status.
-pub(crate) fn ok(
-    kind: &str,
-    reason: &str,
-    message: impl Into<String>,
-    generation: Option<i64>,
-) -> Condition {
+pub(crate) fn ok(kind: &str, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Condition {
     Condition::new(kind, true, reason, message, generation)
 }
 
 /// Shorthand for a condition with `False` status.
-pub(crate) fn not(
-    kind: &str,
-    reason: &str,
-    message: impl Into<String>,
-    generation: Option<i64>,
-) -> Condition {
+pub(crate) fn not(kind: &str, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Condition {
     Condition::new(kind, false, reason, message, generation)
 }

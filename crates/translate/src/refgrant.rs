@@ -15,19 +15,17 @@ pub fn permitted(snapshot: &Snapshot, from: &RefEnd<'_>, to: &RefEnd<'_>, to_nam
     if from.namespace == to.namespace {
         return true;
     }
-    snapshot
-        .reference_grants
-        .iter()
-        .filter(|(key, _)| key.namespace == to.namespace)
-        .any(|(_, grant)| {
-            let admits_from = grant.spec.from.iter().any(|f| {
-                f.group == from.group && f.kind == from.kind && f.namespace == from.namespace
-            });
-            let admits_to = grant.spec.to.iter().any(|t| {
-                t.group == to.group
-                    && t.kind == to.kind
-                    && t.name.as_deref().is_none_or(|n| n == to_name)
-            });
-            admits_from && admits_to
-        })
+    snapshot.reference_grants.iter().filter(|(key, _)| key.namespace == to.namespace).any(|(_, grant)| {
+        let admits_from = grant
+            .spec
+            .from
+            .iter()
+            .any(|f| f.group == from.group && f.kind == from.kind && f.namespace == from.namespace);
+        let admits_to = grant
+            .spec
+            .to
+            .iter()
+            .any(|t| t.group == to.group && t.kind == to.kind && t.name.as_deref().is_none_or(|n| n == to_name));
+        admits_from && admits_to
+    })
 }

@@ -21,20 +21,14 @@ pub fn load_certificate(snapshot: &Snapshot, key: &ObjectKey) -> Result<Certific
     let data = secret.data.as_ref();
     let field = |name: &str| data.and_then(|d| d.get(name)).map(|b| b.0.clone());
     let (Some(chain), Some(private_key)) = (field("tls.crt"), field("tls.key")) else {
-        return Err(CertError::Invalid(format!(
-            "Secret {key} has no tls.crt and tls.key"
-        )));
+        return Err(CertError::Invalid(format!("Secret {key} has no tls.crt and tls.key")));
     };
-    let chain_text = String::from_utf8(chain)
-        .map_err(|_| CertError::Invalid(format!("Secret {key}: tls.crt is not PEM text")))?;
+    let chain_text =
+        String::from_utf8(chain).map_err(|_| CertError::Invalid(format!("Secret {key}: tls.crt is not PEM text")))?;
     let key_text = String::from_utf8(private_key)
         .map_err(|_| CertError::Invalid(format!("Secret {key}: tls.key is not PEM text")))?;
-    check_pair(&chain_text, &key_text)
-        .map_err(|why| CertError::Invalid(format!("Secret {key}: {why}")))?;
-    Ok(Certificate {
-        chain_pem: chain_text,
-        key_pem: SecretPem::new(key_text),
-    })
+    check_pair(&chain_text, &key_text).map_err(|why| CertError::Invalid(format!("Secret {key}: {why}")))?;
+    Ok(Certificate { chain_pem: chain_text, key_pem: SecretPem::new(key_text) })
 }
 
 /// Parses a PEM chain and key and checks that the key is the leaf's. The message never contains key bytes.
@@ -49,11 +43,10 @@ pub fn check_pair(chain_pem: &str, key_pem: &str) -> Result<(), String> {
         .map_err(|_| "tls.key is not a valid PEM private key".to_string())?
         .ok_or_else(|| "tls.key holds no private key".to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let signing_key = provider.key_provider.load_private_key(key).map_err(|_| {
-        "tls.key is not a supported private key (RSA, ECDSA or Ed25519)".to_string()
-    })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|_| "tls.key is not a supported private key (RSA, ECDSA or Ed25519)".to_string())?;
     let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
-    certified
-        .keys_match()
-        .map_err(|_| "tls.key does not match the certificate in tls.crt".to_string())
+    certified.keys_match().map_err(|_| "tls.key does not match the certificate in tls.crt".to_string())
 }

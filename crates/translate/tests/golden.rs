@@ -15,21 +15,15 @@ fn options_for(text: &str) -> TranslateOptions {
         default_gateway_address: Some("127.0.0.100".parse().expect("ip")),
         ..TranslateOptions::default()
     };
-    if let Some(json) = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("# options:"))
-    {
-        let patch: serde_json::Value =
-            serde_json::from_str(json.trim()).expect("options line is JSON");
+    if let Some(json) = text.lines().next().and_then(|l| l.strip_prefix("# options:")) {
+        let patch: serde_json::Value = serde_json::from_str(json.trim()).expect("options line is JSON");
         let mut current = serde_json::to_value(&options).expect("options serialise");
         if let (Some(current), Some(patch)) = (current.as_object_mut(), patch.as_object()) {
             for (k, v) in patch {
                 current.insert(k.clone(), v.clone());
             }
         }
-        options =
-            serde_json::from_value(current).expect("options line has TranslateOptions fields");
+        options = serde_json::from_value(current).expect("options line has TranslateOptions fields");
     }
     options
 }
@@ -67,11 +61,7 @@ fn cases() -> Vec<PathBuf> {
 fn golden_cases() {
     let update = std::env::var_os("PORTICO_UPDATE_GOLDEN").is_some();
     let cases = cases();
-    assert!(
-        update || cases.len() >= 40,
-        "expected at least 40 golden cases, found {}",
-        cases.len()
-    );
+    assert!(update || cases.len() >= 40, "expected at least 40 golden cases, found {}", cases.len());
     let mut failures = Vec::new();
     for input in &cases {
         let output = PathBuf::from(input.to_string_lossy().replace(".in.yaml", ".out.yaml"));

@@ -28,33 +28,18 @@ impl Portico {
     /// Starts `portico run` with the given extra arguments and waits until /readyz answers 200.
     pub fn start(config_dirs: &[&Path], admin_port: u16, extra: &[&str]) -> Portico {
         let state = tempfile::tempdir().expect("state dir");
-        let admin: SocketAddr = format!("127.0.0.1:{admin_port}")
-            .parse()
-            .expect("admin address");
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("admin address");
         let log = state.path().join("portico.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_portico"));
-        command
-            .arg("run")
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--state-dir")
-            .arg(state.path());
+        command.arg("run").arg("--admin").arg(admin.to_string()).arg("--state-dir").arg(state.path());
         for dir in config_dirs {
             command.arg("--config").arg(dir);
         }
         command.args(extra);
         let log_file = std::fs::File::create(&log).expect("log file");
-        command
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .env("RUST_LOG", "info");
+        command.stdout(Stdio::null()).stderr(log_file).env("RUST_LOG", "info");
         let child = command.spawn().expect("start portico");
-        let portico = Portico {
-            child,
-            admin,
-            log,
-            _state: state,
-        };
+        let portico = Portico { child, admin, log, _state: state };
         portico.wait_ready();
         portico
     }
@@ -64,8 +49,7 @@ impl Portico {
         while Instant::now() < deadline {
             if let Ok(mut stream) = std::net::TcpStream::connect(self.admin) {
                 use std::io::{Read, Write};
-                let _ = stream
-                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
                 let mut answer = String::new();
                 let _ = stream.read_to_string(&mut answer);
                 if answer.starts_with("HTTP/1.1 200") {
@@ -74,10 +58,7 @@ impl Portico {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "portico did not become ready; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
+        panic!("portico did not become ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
     }
 
     /// GET on the admin endpoint; the body as text.
@@ -88,16 +69,12 @@ impl Portico {
         stream.write_all(request.as_bytes()).expect("admin write");
         let mut answer = String::new();
         stream.read_to_string(&mut answer).expect("admin read");
-        answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default()
+        answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
     }
 
     /// The configuration generation being served.
     pub fn generation(&self) -> u64 {
-        let status: serde_json::Value =
-            serde_json::from_str(&self.admin_get("/api/status")).unwrap_or_default();
+        let status: serde_json::Value = serde_json::from_str(&self.admin_get("/api/status")).unwrap_or_default();
         status["generation"].as_u64().unwrap_or(0)
     }
 
@@ -109,10 +86,7 @@ impl Portico {
             if now > after {
                 return now;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no new configuration generation after {after}"
-            );
+            assert!(Instant::now() < deadline, "no new configuration generation after {after}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -143,11 +117,7 @@ impl Backends {
                 tls_cert: Some(tls.join("backend-chain.crt")),
                 tls_key: Some(tls.join("backend.key")),
             };
-            apps.push(
-                portico_testapp::start(config)
-                    .await
-                    .expect("start test application"),
-            );
+            apps.push(portico_testapp::start(config).await.expect("start test application"));
         }
         Backends { apps }
     }
@@ -172,10 +142,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
 }
 
@@ -186,18 +153,12 @@ pub fn tls_config(ca: &Path, alpn_h2: bool) -> Arc<rustls::ClientConfig> {
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(cert.expect("CA PEM")).expect("add CA");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = if alpn_h2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = if alpn_h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Arc::new(config)
 }
 
@@ -210,25 +171,19 @@ pub async fn request(
     headers: &[(&str, &str)],
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Answer, String> {
-    let stream = tokio::net::TcpStream::connect(vip)
-        .await
-        .map_err(|e| format!("connect {vip}: {e}"))?;
+    let stream = tokio::net::TcpStream::connect(vip).await.map_err(|e| format!("connect {vip}: {e}"))?;
     let mut builder = http::Request::builder().method(method).header("host", host);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
     match tls {
         None => {
-            let request = builder
-                .uri(path)
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| e.to_string())?;
+            let request = builder.uri(path).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
             send_http1(TokioIo::new(stream), request).await
         }
         Some(config) => {
             let h2 = config.alpn_protocols.first().is_some_and(|p| p == b"h2");
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| e.to_string())?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, stream)
                 .await
@@ -238,44 +193,28 @@ pub async fn request(
                     .uri(format!("https://{host}{path}"))
                     .body(Empty::<Bytes>::new())
                     .map_err(|e| e.to_string())?;
-                let (mut sender, connection) = hyper::client::conn::http2::handshake(
-                    hyper_util::rt::TokioExecutor::new(),
-                    TokioIo::new(stream),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                        .await
+                        .map_err(|e| e.to_string())?;
                 tokio::spawn(connection);
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
                 collect(response).await
             } else {
-                let request = builder
-                    .uri(path)
-                    .body(Empty::<Bytes>::new())
-                    .map_err(|e| e.to_string())?;
+                let request = builder.uri(path).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
                 send_http1(TokioIo::new(stream), request).await
             }
         }
     }
 }
 
-async fn send_http1<T>(
-    io: TokioIo<T>,
-    request: http::Request<Empty<Bytes>>,
-) -> Result<Answer, String>
+async fn send_http1<T>(io: TokioIo<T>, request: http::Request<Empty<Bytes>>) -> Result<Answer, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
     collect(response).await
 }
 
@@ -292,9 +231,7 @@ async fn collect(response: http::Response<hyper::body::Incoming>) -> Result<Answ
 
 /// Plain-HTTP GET.
 pub async fn get(vip: SocketAddr, host: &str, path: &str) -> Answer {
-    request(vip, host, "GET", path, &[], None)
-        .await
-        .expect("request")
+    request(vip, host, "GET", path, &[], None).await.expect("request")
 }
 
 /// Writes `text` to `dir/name` atomically (write + rename), as a deploy tool would.
