@@ -56,15 +56,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("Admin: http://{}/api/status  http://{}/metrics", args.admin, args.admin);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    if args.seconds > 0 {
+    // Without --seconds the sender lives until the demo ends, so only Ctrl-C or SIGTERM stops it.
+    let _keep_running = if args.seconds > 0 {
         let seconds = args.seconds;
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
             let _ = stop_tx.send(());
         });
+        None
     } else {
-        std::mem::forget(stop_tx);
-    }
+        Some(stop_tx)
+    };
     let result = crate::run(run_args, Some(stop_rx)).await;
     for app in apps {
         app.shutdown().await;

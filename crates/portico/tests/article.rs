@@ -107,6 +107,10 @@ async fn httproute_flavour_serves_every_page_over_https() {
         .find(|l| l["name"] == "app01-aclab-nginx-https-listener")
         .expect("https listener");
     assert_eq!(https["attachedRoutes"], 1);
+    // The IR on the admin API carries certificates, never their keys.
+    let config = portico.admin_get("/api/config");
+    assert!(config.contains("\"keyPem\": \"<redacted>\""), "{config}");
+    assert!(!config.contains("PRIVATE KEY"), "a private key leaked into /api/config");
     let route = conditions(&status["statuses"]["HTTPRoute/dev/app01-aclab-nginx-httproute"]);
     assert_eq!(route, vec!["Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"]);
     drop(portico);

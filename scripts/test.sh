@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, then runs every check CI runs:
+# formatting, clippy (warnings are errors) and the whole test suite (unit, golden, end-to-end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  else
+    echo "missing: ${need_apt[*]} (install them with apt-get)" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# The end-to-end tests bind ports 80 and 443 on 127.0.0.x VIPs, as the article's deployment does.
+if [ "$(id -u)" -ne 0 ]; then
+  echo "note: the end-to-end tests bind ports 80/443 on loopback VIPs; run as root or grant CAP_NET_BIND_SERVICE" >&2
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
