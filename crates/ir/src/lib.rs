@@ -34,8 +34,17 @@ impl Ir {
 pub enum Protocol {
     /// Plain HTTP/1.1 (and HTTP/2 with prior knowledge).
     Http,
-    /// TLS terminated here, then HTTP/1.1 or HTTP/2 by ALPN.
+    /// TLS terminated here, then HTTP/1.1 or HTTP/2 by ALPN; may also pass some server names through.
     Https,
+    /// TLS routed by server name only (TLSRoute): passed through, or terminated and forwarded as TCP.
+    Tls,
+}
+
+impl Protocol {
+    /// Whether clients speak TLS on this socket (HTTPS and TLS listeners share sockets).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
+    }
 }
 
 /// One address:port that Portico listens on, with its virtual hosts.
@@ -52,6 +61,23 @@ pub struct Listener {
     pub certificates: Vec<SniCertificate>,
     /// Virtual hosts, most specific hostname first; `*` matches any host.
     pub virtual_hosts: Vec<VirtualHost>,
+    /// TLS routes by server name, most specific first; consulted before HTTP on TLS sockets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_routes: Vec<TlsRoute>,
+}
+
+/// A TLS connection route, chosen by the ClientHello's server name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRoute {
+    /// Where the route came from, e.g. `tlsroute/dev/db/rule/0`.
+    pub name: String,
+    /// Exact name, `*.suffix`, or `*`.
+    pub hostname: String,
+    /// `true`: the bytes go to the backend untouched (it presents its own certificate); `false`: TLS is
+    /// terminated here and the plaintext stream is forwarded over TCP.
+    pub passthrough: bool,
+    pub backends: Vec<WeightedPool>,
 }
 
 /// Which certificate to present for which server names.
@@ -87,6 +113,51 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
     pub action: Action,
+    /// Time limits; none when empty.
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+    /// Retries of requests without a body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Answer errors the gRPC way (HTTP 200 with `grpc-status`), for GRPCRoute rules.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc: bool,
+}
+
+impl Route {
+    /// A route with no filters, time limits or retries.
+    pub fn new(name: String, matcher: RouteMatch, action: Action) -> Self {
+        Route { name, matcher, filters: Vec::new(), action, timeouts: Timeouts::default(), retry: None, grpc: false }
+    }
+}
+
+/// Time limits of a route, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// From request to the end of the response headers, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ms: Option<u64>,
+    /// For each attempt to a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request_ms: Option<u64>,
+}
+
+impl Timeouts {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.request_ms.is_none() && self.backend_request_ms.is_none()
+    }
+}
+
+/// Retry policy: on connection errors and on the listed status codes, up to `attempts` more tries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<u16>,
+    pub backoff_ms: u64,
 }
 
 /// Conditions a request must meet; all of them.
@@ -224,6 +295,9 @@ pub struct Pool {
     /// TLS to the endpoints (re-encryption); plain HTTP when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Speak HTTP/2 to the endpoints (h2c, or h2 over TLS): from the Service port's `appProtocol`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 /// How to speak TLS to a pool's endpoints.
@@ -236,6 +310,9 @@ pub struct UpstreamTls {
     /// PEM of the CAs the endpoint's certificate must chain to; the system's CAs when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
+    /// Names the certificate must carry instead of `server_name` (BackendTLSPolicy `subjectAltNames`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 /// A certificate chain and its private key.

@@ -222,7 +222,7 @@ fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
 /// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
 async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let proxy = Arc::new(Proxy::new(metrics.clone()));
+    let proxy = Arc::new(Proxy::new(metrics.clone())?);
     let view = Arc::new(ArcSwap::from_pointee(controller::View::default()));
     let admin = admin::serve(args.admin, view.clone(), metrics.clone()).await?;
     tracing::info!(%admin, "admin endpoint");

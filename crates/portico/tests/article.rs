@@ -84,8 +84,9 @@ async fn httproute_flavour_serves_every_page_over_https() {
         &["--default-namespace", "dev"],
     );
 
-    check_pages(vip, false, "http").await;
-    check_pages(vip, true, "http").await;
+    // Portico applies the team's HTTPRule (re-encrypt) to the HTTPRoute: the backends see TLS.
+    check_pages(vip, false, "https").await;
+    check_pages(vip, true, "https").await;
 
     // Port 80 listens as configured; the chart attaches the route to the HTTPS listener only, so it is a 404.
     let plain = common::get(format!("{vip}:80").parse().expect("vip"), HOSTS[0], "/pink").await;

@@ -20,6 +20,53 @@ pub struct CompiledListener {
     pub protocol: Protocol,
     pub hosts: Vec<CompiledHost>,
     pub certificates: Vec<(Option<String>, Arc<CertifiedKey>)>,
+    /// TLS routes by server name, most specific first.
+    pub tls_routes: Vec<CompiledTlsRoute>,
+}
+
+impl CompiledListener {
+    /// The TLS route for a server name (or for clients that send none, the `*` route).
+    pub fn tls_route(&self, server_name: Option<&str>) -> Option<&CompiledTlsRoute> {
+        let name = server_name.unwrap_or("");
+        self.tls_routes.iter().find(|r| r.pattern.matches(name))
+    }
+}
+
+/// A TLS route: server name pattern and weighted pools.
+pub struct CompiledTlsRoute {
+    pub name: Arc<str>,
+    pub pattern: HostPattern,
+    pub passthrough: bool,
+    pub pools: WeightedPools,
+}
+
+/// Pools with weights; a `None` pool is an invalid backend reference.
+pub struct WeightedPools {
+    pub pools: Vec<(Option<Arc<CompiledPool>>, u32)>,
+    pub total_weight: u32,
+}
+
+impl WeightedPools {
+    fn new(backends: &[portico_ir::WeightedPool], pools: &HashMap<String, Arc<CompiledPool>>) -> Self {
+        let pools: Vec<_> =
+            backends.iter().map(|b| (b.pool.as_ref().and_then(|p| pools.get(p).cloned()), b.weight)).collect();
+        WeightedPools { total_weight: pools.iter().map(|(_, w)| *w).sum(), pools }
+    }
+
+    /// A pool chosen by weight: `Err(())` when the choice falls on an invalid backend (or all weights are 0).
+    pub fn pick(&self) -> Result<&CompiledPool, ()> {
+        if self.total_weight == 0 {
+            return Err(());
+        }
+        let mut ticket = if self.pools.len() == 1 { 0 } else { rand::random_range(0..self.total_weight) };
+        for (pool, weight) in &self.pools {
+            if ticket < *weight {
+                return pool.as_deref().ok_or(());
+            }
+            ticket -= weight;
+        }
+        Err(())
+    }
 }
 
 /// How a virtual host's name matches the request's host.
@@ -31,7 +78,8 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
-    fn new(hostname: &str) -> Self {
+    /// The pattern of an IR hostname (`*`, `*.suffix` or exact).
+    pub fn new(hostname: &str) -> Self {
         if hostname == "*" {
             HostPattern::Any
         } else if let Some(suffix) = hostname.strip_prefix('*') {
@@ -115,15 +163,14 @@ pub struct CompiledRoute {
     pub method: Option<http::Method>,
     pub filters: Vec<Filter>,
     pub action: CompiledAction,
+    pub timeouts: portico_ir::Timeouts,
+    pub retry: Option<portico_ir::Retry>,
 }
 
 /// What to do with a matched request.
 pub enum CompiledAction {
     /// Weighted pools; `None` is an invalid backend (answers 500).
-    Forward {
-        pools: Vec<(Option<Arc<CompiledPool>>, u32)>,
-        total_weight: u32,
-    },
+    Forward(WeightedPools),
     Redirect(Redirect),
     Respond {
         status: http::StatusCode,
@@ -136,21 +183,41 @@ pub struct CompiledPool {
     pub name: Arc<str>,
     pub endpoints: Vec<SocketAddr>,
     pub next: AtomicUsize,
-    /// A client that re-encrypts to the endpoints; plain HTTP (the proxy's shared client) when `None`.
-    pub tls_client: Option<crate::upstream::HttpClient>,
+    /// The client for this pool's protocol (shared for plain pools, so connections outlive swaps).
+    pub client: crate::upstream::HttpClient,
+    /// `https` when re-encrypting, else `http`.
+    pub scheme: &'static str,
+}
+
+impl CompiledPool {
+    /// The next endpoint in round-robin order.
+    pub fn next_endpoint(&self) -> Option<SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let index = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.endpoints.len();
+        Some(self.endpoints[index])
+    }
+}
+
+/// Clients shared by every plain-text pool, kept across configuration swaps.
+pub struct SharedClients {
+    pub http1: crate::upstream::HttpClient,
+    pub h2c: crate::upstream::HttpClient,
 }
 
 impl Compiled {
     /// Compiles an IR. Fails only on what the translator should already have rejected.
-    pub fn new(ir: &Ir) -> Result<Self, ProxyError> {
+    pub fn new(ir: &Ir, shared: &SharedClients) -> Result<Self, ProxyError> {
         let mut pools = HashMap::new();
         for (name, pool) in &ir.pools {
-            let tls_client = match &pool.tls {
+            let (client, scheme) = match &pool.tls {
                 Some(tls) => {
                     let config = crate::upstream::client_config(tls.ca_pem.as_deref())?;
-                    Some(crate::upstream::tls_client(&config, tls.server_name.as_deref())?)
+                    (crate::upstream::tls_client(config, tls.server_name.as_deref(), pool.http2)?, "https")
                 }
-                None => None,
+                None if pool.http2 => (shared.h2c.clone(), "http"),
+                None => (shared.http1.clone(), "http"),
             };
             pools.insert(
                 name.clone(),
@@ -158,7 +225,8 @@ impl Compiled {
                     name: Arc::from(name.as_str()),
                     endpoints: pool.endpoints.clone(),
                     next: AtomicUsize::new(0),
-                    tls_client,
+                    client,
+                    scheme,
                 }),
             );
         }
@@ -178,6 +246,16 @@ impl Compiled {
                 }
                 hosts.push(CompiledHost { pattern: HostPattern::new(&vhost.hostname), routes });
             }
+            let tls_routes = listener
+                .tls_routes
+                .iter()
+                .map(|r| CompiledTlsRoute {
+                    name: Arc::from(r.name.as_str()),
+                    pattern: HostPattern::new(&r.hostname),
+                    passthrough: r.passthrough,
+                    pools: WeightedPools::new(&r.backends, &pools),
+                })
+                .collect();
             let certs = listener
                 .certificates
                 .iter()
@@ -190,6 +268,7 @@ impl Compiled {
                     protocol: listener.protocol,
                     hosts,
                     certificates: certs,
+                    tls_routes,
                 },
             );
         }
@@ -223,11 +302,7 @@ fn compile_route(
         None => None,
     };
     let action = match &route.action {
-        Action::Forward(backends) => {
-            let pools: Vec<_> =
-                backends.iter().map(|b| (b.pool.as_ref().and_then(|p| pools.get(p).cloned()), b.weight)).collect();
-            CompiledAction::Forward { total_weight: pools.iter().map(|(_, w)| *w).sum(), pools }
-        }
+        Action::Forward(backends) => CompiledAction::Forward(WeightedPools::new(backends, pools)),
         Action::Redirect(r) => CompiledAction::Redirect(r.clone()),
         Action::Respond { status, body } => CompiledAction::Respond {
             status: http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
@@ -242,6 +317,8 @@ fn compile_route(
         method,
         filters: route.filters.clone(),
         action,
+        timeouts: route.timeouts.clone(),
+        retry: route.retry.clone(),
     })
 }
 

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use portico_ir::{Filter, HeaderEdits, PathRewrite, Redirect};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The response body type of the proxy.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -106,6 +106,38 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// gRPC status codes for the errors the proxy answers itself.
+fn grpc_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        404 => "12",       // UNIMPLEMENTED: no route for this method
+        502 | 503 => "14", // UNAVAILABLE
+        504 => "4",        // DEADLINE_EXCEEDED
+        _ => "13",         // INTERNAL
+    }
+}
+
+/// An error answer: plain text, or for gRPC clients HTTP 200 with `grpc-status` and `grpc-message`, which is
+/// what gRPC clients understand.
+fn error_response(grpc: bool, status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+    if !grpc {
+        return local(status, format!("{message}\n"));
+    }
+    let mut response = local(StatusCode::OK, "");
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static(grpc_status(status)));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    response
+}
+
+fn is_grpc(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
 /// Handles one request. Never fails: every problem becomes a short error response.
 pub async fn handle(
     shared: &Shared,
@@ -116,22 +148,35 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let compiled = shared.state.load_full();
+    let grpc = is_grpc(&request);
     let Some(listener) = compiled.listeners.get(&local_address) else {
-        return local(StatusCode::NOT_FOUND, "no listener\n");
+        return error_response(grpc, StatusCode::NOT_FOUND, "no listener");
     };
     let host = request_host(&request).unwrap_or_default();
     let Some(route) = find_route(listener, &host, &request) else {
         shared.metrics.request(&listener.name, "", 404, started.elapsed());
-        return local(StatusCode::NOT_FOUND, "no route for this host and path\n");
+        return error_response(grpc, StatusCode::NOT_FOUND, "no route for this host and path");
     };
     let response = match &route.action {
         CompiledAction::Redirect(redirect) => {
             redirect_response(redirect, &request, &host, scheme, local_address.port())
         }
         CompiledAction::Respond { status, body } => local(*status, body.clone()),
-        CompiledAction::Forward { pools, total_weight } => match pick_pool(pools, *total_weight) {
-            None => local(StatusCode::INTERNAL_SERVER_ERROR, "the route's backend is not valid\n"),
-            Some(pool) => forward(shared, route, pool, request, peer, scheme).await,
+        CompiledAction::Forward(pools) => match pools.pick() {
+            Err(()) => error_response(grpc, StatusCode::INTERNAL_SERVER_ERROR, "the route's backend is not valid"),
+            Ok(pool) => {
+                let forwarding = forward(shared, route, pool, request, peer, scheme, grpc);
+                match route.timeouts.request_ms {
+                    Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), forwarding).await {
+                        Ok(response) => response,
+                        Err(_) => {
+                            shared.metrics.upstream_error(&pool.name, "timeout");
+                            error_response(grpc, StatusCode::GATEWAY_TIMEOUT, "upstream request timed out")
+                        }
+                    },
+                    None => forwarding.await,
+                }
+            }
         },
     };
     let mut response = response;
@@ -142,20 +187,6 @@ pub async fn handle(
     }
     shared.metrics.request(&listener.name, &route.name, response.status().as_u16(), started.elapsed());
     response
-}
-
-fn pick_pool(pools: &[(Option<std::sync::Arc<CompiledPool>>, u32)], total: u32) -> Option<&CompiledPool> {
-    if total == 0 {
-        return None;
-    }
-    let mut ticket = if pools.len() == 1 { 0 } else { rand::random_range(0..total) };
-    for (pool, weight) in pools {
-        if ticket < *weight {
-            return pool.as_deref();
-        }
-        ticket -= weight;
-    }
-    None
 }
 
 fn redirect_response(
@@ -230,20 +261,36 @@ fn edit_headers(headers: &mut http::HeaderMap, edits: &HeaderEdits) {
     }
 }
 
+/// Whether a request asks to switch protocols (WebSocket and other HTTP/1.1 upgrades).
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::UPGRADE)
+        && headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
 async fn forward(
     shared: &Shared,
     route: &CompiledRoute,
     pool: &CompiledPool,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     peer: SocketAddr,
     scheme: &'static str,
+    grpc: bool,
 ) -> Response<ProxyBody> {
-    if pool.endpoints.is_empty() {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no endpoint available for this route\n");
-    }
-    let index = pool.next.fetch_add(1, Ordering::Relaxed) % pool.endpoints.len();
-    let endpoint = pool.endpoints[index];
-
+    let upgrade = is_upgrade(request.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     // HTTP/2 requests carry the host in :authority only; HTTP/1.1 backends need it as Host.
     if !parts.headers.contains_key(HOST)
@@ -264,9 +311,7 @@ async fn forward(
             Filter::ResponseHeaders(_) => {}
         }
     }
-    for name in HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
+    strip_hop_by_hop(&mut parts.headers, upgrade);
     let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => format!("{previous}, {}", peer.ip()),
         None => peer.ip().to_string(),
@@ -275,33 +320,130 @@ async fn forward(
         parts.headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-
-    let upstream_scheme = if pool.tls_client.is_some() { "https" } else { "http" };
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path,
     };
-    let Ok(uri) = format!("{upstream_scheme}://{endpoint}{path_and_query}").parse::<Uri>() else {
-        return local(StatusCode::BAD_REQUEST, "bad request path\n");
-    };
-    parts.uri = uri;
-    parts.version = http::Version::HTTP_11;
-    let client = pool.tls_client.as_ref().unwrap_or(&shared.plain_client);
-    match client.request(Request::from_parts(parts, body)).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            for name in HOP_BY_HOP {
-                parts.headers.remove(name);
-            }
-            Response::from_parts(parts, body.boxed())
+
+    // Retries need the request again: only requests without a body are retried.
+    let retry = route.retry.as_ref().filter(|_| body.is_end_stream() && !upgrade);
+    let attempts = 1 + retry.map_or(0, |r| r.attempts);
+    let mut body = Some(body.boxed());
+    let mut last_error = None;
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            let backoff = retry.map_or(0, |r| r.backoff_ms) << (attempt - 1).min(6);
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
         }
-        Err(error) => {
-            let kind = if error.is_connect() { "connect" } else { "request" };
-            shared.metrics.upstream_error(&pool.name, kind);
-            tracing::warn!(pool = %pool.name, %endpoint, error = %error_chain(&error), "upstream request failed");
-            local(StatusCode::BAD_GATEWAY, "upstream unavailable\n")
+        let Some(endpoint) = pool.next_endpoint() else {
+            return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "no endpoint available for this route");
+        };
+        let Ok(uri) = format!("{}://{endpoint}{path_and_query}", pool.scheme).parse::<Uri>() else {
+            return local(StatusCode::BAD_REQUEST, "bad request path\n");
+        };
+        let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+        if let Some(headers) = builder.headers_mut() {
+            *headers = parts.headers.clone();
+        }
+        let attempt_body = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
+        let Ok(upstream_request) = builder.body(attempt_body) else {
+            return local(StatusCode::BAD_REQUEST, "bad request\n");
+        };
+        let sending = pool.client.request(upstream_request);
+        let result = match route.timeouts.backend_request_ms {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sending).await {
+                Ok(result) => result.map_err(Failure::Client),
+                Err(_) => Err(Failure::Timeout),
+            },
+            None => sending.await.map_err(Failure::Client),
+        };
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if attempt + 1 < attempts && retry.is_some_and(|r| r.codes.contains(&status)) {
+                    last_error = Some(Failure::Status(status));
+                    continue;
+                }
+                return finish(shared, pool, response, downstream_upgrade);
+            }
+            Err(failure) => {
+                let kind = failure.kind();
+                shared.metrics.upstream_error(&pool.name, kind);
+                tracing::warn!(pool = %pool.name, %endpoint, error = %failure, "upstream request failed");
+                let retryable =
+                    matches!(&failure, Failure::Client(e) if e.is_connect()) || matches!(failure, Failure::Timeout);
+                last_error = Some(failure);
+                if !(retryable && retry.is_some()) {
+                    break;
+                }
+            }
         }
     }
+    match last_error {
+        Some(Failure::Timeout) => error_response(grpc, StatusCode::GATEWAY_TIMEOUT, "upstream request timed out"),
+        Some(Failure::Status(code)) => {
+            local(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY), "upstream failed after retries\n")
+        }
+        _ => error_response(grpc, StatusCode::BAD_GATEWAY, "upstream unavailable"),
+    }
+}
+
+/// Why an attempt to a backend failed.
+enum Failure {
+    Client(hyper_util::client::legacy::Error),
+    Timeout,
+    Status(u16),
+}
+
+impl Failure {
+    fn kind(&self) -> &'static str {
+        match self {
+            Failure::Client(e) if e.is_connect() => "connect",
+            Failure::Client(_) => "request",
+            Failure::Timeout => "timeout",
+            Failure::Status(_) => "status",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Client(e) => f.write_str(&error_chain(e)),
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Status(code) => write!(f, "status {code}"),
+        }
+    }
+}
+
+/// Passes the backend's response on; for a switched protocol (101), joins the two upgraded connections.
+fn finish(
+    shared: &Shared,
+    pool: &CompiledPool,
+    mut response: Response<Incoming>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(downstream) = downstream_upgrade {
+        let upstream = hyper::upgrade::on(&mut response);
+        let pool_name = pool.name.clone();
+        let _ = shared;
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let mut down = hyper_util::rt::TokioIo::new(down);
+                    let mut up = hyper_util::rt::TokioIo::new(up);
+                    if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        tracing::debug!(pool = %pool_name, %error, "upgraded connection ended");
+                    }
+                }
+                Err(error) => tracing::debug!(pool = %pool_name, %error, "protocol upgrade failed"),
+            }
+        });
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switching);
+    Response::from_parts(parts, body.boxed())
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

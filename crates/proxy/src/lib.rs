@@ -39,7 +39,7 @@ pub enum ProxyError {
 pub(crate) struct Shared {
     pub state: Arc<ArcSwap<Compiled>>,
     pub metrics: Arc<Metrics>,
-    pub plain_client: upstream::HttpClient,
+    pub clients: compile::SharedClients,
     pub graceful: Mutex<Option<GracefulShutdown>>,
 }
 
@@ -51,24 +51,27 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy with no listeners; call [`Proxy::apply`] to configure it.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
         let empty = Compiled { listeners: HashMap::new() };
-        Proxy {
+        Ok(Proxy {
             shared: Arc::new(Shared {
                 state: Arc::new(ArcSwap::from_pointee(empty)),
                 metrics,
-                plain_client: upstream::plain_client(),
+                clients: compile::SharedClients {
+                    http1: upstream::plain_client(false)?,
+                    h2c: upstream::plain_client(true)?,
+                },
                 graceful: Mutex::new(Some(GracefulShutdown::new())),
             }),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Serves a new configuration. The IR is compiled first; if that fails nothing changes. Then it is
     /// swapped in, and sockets are opened and closed to match. Sockets that cannot be opened are reported;
     /// the rest of the configuration is served.
     pub async fn apply(&self, ir: &Ir, generation: u64) -> Result<Vec<ProxyError>, ProxyError> {
-        let compiled = Compiled::new(ir)?;
+        let compiled = Compiled::new(ir, &self.shared.clients)?;
         let wanted: HashMap<SocketAddr, portico_ir::Protocol> =
             compiled.listeners.iter().map(|(a, l)| (*a, l.protocol)).collect();
         self.shared.state.store(Arc::new(compiled));

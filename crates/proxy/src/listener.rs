@@ -113,7 +113,9 @@ pub fn spawn(
     shared: Arc<Shared>,
 ) -> Result<ListenerHandle, rustls::Error> {
     let tls = match protocol {
-        Protocol::Https => Some(tokio_rustls::TlsAcceptor::from(server_config(shared.state.clone(), address)?)),
+        Protocol::Https | Protocol::Tls => {
+            Some(tokio_rustls::TlsAcceptor::from(server_config(shared.state.clone(), address)?))
+        }
         Protocol::Http => None,
     };
     let task = tokio::spawn(async move {
@@ -134,18 +136,128 @@ pub fn spawn(
             tokio::spawn(async move {
                 match tls {
                     None => serve(shared, stream, address, peer, "http").await,
-                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve(shared, stream, address, peer, "https").await,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%address, %peer, %error, "TLS handshake failed")
+                    Some(acceptor) => {
+                        if let Err(error) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, serve_tls(shared, acceptor, stream, address, peer))
+                                .await
+                        {
+                            tracing::debug!(%address, %peer, %error, "TLS handshake timed out");
                         }
-                        Err(_) => tracing::debug!(%address, %peer, "TLS handshake timed out"),
-                    },
+                    }
                 }
             });
         }
     });
     Ok(ListenerHandle { protocol, task })
+}
+
+/// Reads the ClientHello's server name without consuming it (the bytes stay in the socket for whoever
+/// handles the connection: the backend for passthrough, rustls otherwise). `Ok(None)`: no SNI sent.
+async fn peek_server_name(stream: &tokio::net::TcpStream) -> std::io::Result<Option<String>> {
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut seen = 0;
+    // Bounded by the handshake timeout around the caller; each pass waits for more bytes.
+    loop {
+        let read = stream.peek(&mut buffer).await?;
+        if read == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the ClientHello"));
+        }
+        let mut acceptor = rustls::server::Acceptor::default();
+        let mut bytes = &buffer[..read];
+        acceptor.read_tls(&mut bytes)?;
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok(accepted.client_hello().server_name().map(str::to_ascii_lowercase)),
+            Ok(None) if read == buffer.len() => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello larger than 16 KiB"));
+            }
+            Ok(None) => {
+                if read == seen {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                seen = read;
+            }
+            Err((error, _)) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error)),
+        }
+    }
+}
+
+/// A TLS connection: routed by server name to a TLS route (passthrough, or terminate then TCP), or
+/// terminated here and served as HTTP.
+async fn serve_tls(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    address: SocketAddr,
+    peer: SocketAddr,
+) {
+    let has_tls_routes = shared.state.load().listeners.get(&address).is_some_and(|l| !l.tls_routes.is_empty());
+    let mut route = None;
+    if has_tls_routes {
+        let server_name = match peek_server_name(&stream).await {
+            Ok(name) => name,
+            Err(error) => {
+                tracing::debug!(%address, %peer, %error, "no ClientHello");
+                return;
+            }
+        };
+        let compiled = shared.state.load_full();
+        let Some(listener) = compiled.listeners.get(&address) else { return };
+        if let Some(tls_route) = listener.tls_route(server_name.as_deref()) {
+            if tls_route.passthrough {
+                return relay(&shared, tls_route, stream, peer).await;
+            }
+            route = Some(compiled.clone());
+        } else if listener.protocol == Protocol::Tls {
+            tracing::debug!(%address, %peer, ?server_name, "no TLS route for this server name");
+            return;
+        }
+    }
+    let stream = match acceptor.accept(stream).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%address, %peer, %error, "TLS handshake failed");
+            return;
+        }
+    };
+    if let Some(compiled) = route {
+        let server_name = stream.get_ref().1.server_name().map(str::to_string);
+        if let Some(tls_route) = compiled.listeners.get(&address).and_then(|l| l.tls_route(server_name.as_deref())) {
+            return relay(&shared, tls_route, stream, peer).await;
+        }
+    }
+    serve(shared, stream, address, peer, "https").await
+}
+
+/// Copies bytes between a client and an endpoint of the route's pool (TLSRoute).
+async fn relay<S>(shared: &Shared, route: &crate::compile::CompiledTlsRoute, mut client: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(pool) = route.pools.pick() else {
+        tracing::debug!(route = %route.name, %peer, "TLS route has no valid backend");
+        return;
+    };
+    let Some(endpoint) = pool.next_endpoint() else {
+        tracing::debug!(route = %route.name, %peer, "TLS route's pool has no endpoint");
+        return;
+    };
+    let mut upstream =
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(endpoint)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(error)) => {
+                shared.metrics.upstream_error(&pool.name, "connect");
+                tracing::warn!(pool = %pool.name, %endpoint, %error, "cannot reach the TLS route's backend");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.upstream_error(&pool.name, "timeout");
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(route = %route.name, %error, "relay ended");
+    }
 }
 
 async fn serve<I>(shared: Arc<Shared>, io: I, local: SocketAddr, peer: SocketAddr, scheme: &'static str)

@@ -1,7 +1,7 @@
-//! Connections to backends: pooled keep-alive HTTP/1.1 clients, plain or TLS (re-encryption).
+//! Connections to backends: pooled keep-alive clients, HTTP/1.1 or HTTP/2, plain or TLS (re-encryption).
 
 use crate::ProxyError;
-use hyper::body::Incoming;
+use crate::handler::ProxyBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The client type used for every pool: speaks `http://` and `https://` URIs.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 fn connector() -> HttpConnector {
     let mut http = HttpConnector::new();
@@ -20,38 +20,35 @@ fn connector() -> HttpConnector {
     http
 }
 
-fn build(https: HttpsConnector<HttpConnector>) -> HttpClient {
+fn build(https: HttpsConnector<HttpConnector>, http2: bool) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
+        .http2_only(http2)
         .build(https)
 }
 
-/// A client for plain-HTTP pools (its TLS side trusts the web PKI and is not used for them).
-pub fn plain_client() -> HttpClient {
-    let tls = client_config(None).unwrap_or_else(|_| {
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
-            .unwrap_or_else(|_| unreachable_config())
-    });
-    build(
-        hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector()),
-    )
+/// A client for plain-text pools: HTTP/1.1, or HTTP/2 with prior knowledge (h2c) when `http2`.
+pub fn plain_client(http2: bool) -> Result<HttpClient, ProxyError> {
+    // The TLS side is never used for http:// URIs; it still needs settings.
+    let tls = client_config(None)?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let https = if http2 {
+        builder.enable_http2().wrap_connector(connector())
+    } else {
+        builder.enable_http1().wrap_connector(connector())
+    };
+    Ok(build(https, http2))
 }
 
-fn unreachable_config() -> rustls::ClientConfig {
-    // The ring provider always supports the safe default versions; this keeps the signature infallible.
-    rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
-}
-
-/// A client for a TLS pool; `server_name` fixes the SNI and verified name (else the endpoint's IP).
-pub fn tls_client(config: &rustls::ClientConfig, server_name: Option<&str>) -> Result<HttpClient, ProxyError> {
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config.clone()).https_or_http();
+/// A client for a TLS pool; `server_name` fixes the SNI and verified name (else the endpoint's IP). With
+/// `http2` it offers only h2 by ALPN, for gRPC over TLS.
+pub fn tls_client(
+    config: rustls::ClientConfig,
+    server_name: Option<&str>,
+    http2: bool,
+) -> Result<HttpClient, ProxyError> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http();
     let builder = match server_name {
         Some(name) => {
             let name = rustls::pki_types::ServerName::try_from(name.to_string())
@@ -60,7 +57,12 @@ pub fn tls_client(config: &rustls::ClientConfig, server_name: Option<&str>) -> R
         }
         None => builder,
     };
-    Ok(build(builder.enable_http1().wrap_connector(connector())))
+    let https = if http2 {
+        builder.enable_http2().wrap_connector(connector())
+    } else {
+        builder.enable_http1().wrap_connector(connector())
+    };
+    Ok(build(https, http2))
 }
 
 /// TLS 1.2+ client settings trusting `ca_pem`, or the web PKI's roots when `None`.

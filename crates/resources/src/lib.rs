@@ -26,7 +26,7 @@ pub mod core {
     pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
     pub use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
     pub use k8s_openapi::api::networking::v1::{
-        HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressTLS,
+        HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressSpec, IngressTLS,
     };
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
     pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -50,6 +50,12 @@ pub enum Kind {
     HostRule,
     #[serde(rename = "HTTPRule")]
     HttpRule,
+    #[serde(rename = "TLSRoute")]
+    TlsRoute,
+    #[serde(rename = "GRPCRoute")]
+    GrpcRoute,
+    #[serde(rename = "BackendTLSPolicy")]
+    BackendTlsPolicy,
 }
 
 impl Kind {
@@ -70,6 +76,9 @@ impl Kind {
             ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
             ("ako.vmware.com", "HostRule") => Kind::HostRule,
             ("ako.vmware.com", "HTTPRule") => Kind::HttpRule,
+            ("gateway.networking.k8s.io", "TLSRoute") => Kind::TlsRoute,
+            ("gateway.networking.k8s.io", "GRPCRoute") => Kind::GrpcRoute,
+            ("gateway.networking.k8s.io", "BackendTLSPolicy") => Kind::BackendTlsPolicy,
             _ => return None,
         };
         Some(found)
@@ -91,6 +100,9 @@ impl Kind {
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::HostRule => "HostRule",
             Kind::HttpRule => "HTTPRule",
+            Kind::TlsRoute => "TLSRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
         }
     }
 
@@ -166,6 +178,9 @@ pub enum Resource {
     ReferenceGrant(gateway::ReferenceGrant),
     HostRule(ako::HostRule),
     HttpRule(ako::HttpRule),
+    TlsRoute(gateway::TlsRoute),
+    GrpcRoute(gateway::GrpcRoute),
+    BackendTlsPolicy(gateway::BackendTlsPolicy),
 }
 
 /// Where an object was read from: the file, the line its document starts on, and the document's text (kept
@@ -297,6 +312,9 @@ pub struct Snapshot {
     pub reference_grants: BTreeMap<ObjectKey, gateway::ReferenceGrant>,
     pub host_rules: BTreeMap<ObjectKey, ako::HostRule>,
     pub http_rules: BTreeMap<ObjectKey, ako::HttpRule>,
+    pub tls_routes: BTreeMap<ObjectKey, gateway::TlsRoute>,
+    pub grpc_routes: BTreeMap<ObjectKey, gateway::GrpcRoute>,
+    pub backend_tls_policies: BTreeMap<ObjectKey, gateway::BackendTlsPolicy>,
     /// Where each object came from, when it came from a file.
     pub sources: BTreeMap<ResourceRef, Source>,
 }
@@ -322,6 +340,9 @@ impl Resource {
             Resource::ReferenceGrant(_) => Kind::ReferenceGrant,
             Resource::HostRule(_) => Kind::HostRule,
             Resource::HttpRule(_) => Kind::HttpRule,
+            Resource::TlsRoute(_) => Kind::TlsRoute,
+            Resource::GrpcRoute(_) => Kind::GrpcRoute,
+            Resource::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
         }
     }
 
@@ -341,6 +362,9 @@ impl Resource {
             Resource::ReferenceGrant(o) => &o.metadata,
             Resource::HostRule(o) => &o.metadata,
             Resource::HttpRule(o) => &o.metadata,
+            Resource::TlsRoute(o) => &o.metadata,
+            Resource::GrpcRoute(o) => &o.metadata,
+            Resource::BackendTlsPolicy(o) => &o.metadata,
         }
     }
 
@@ -369,6 +393,9 @@ impl Snapshot {
             Resource::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
             Resource::HostRule(o) => drop(self.host_rules.insert(key, o)),
             Resource::HttpRule(o) => drop(self.http_rules.insert(key, o)),
+            Resource::TlsRoute(o) => drop(self.tls_routes.insert(key, o)),
+            Resource::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
+            Resource::BackendTlsPolicy(o) => drop(self.backend_tls_policies.insert(key, o)),
         }
         match source {
             Some(source) => drop(self.sources.insert(reference, source)),
@@ -394,6 +421,9 @@ impl Snapshot {
             Kind::ReferenceGrant => self.reference_grants.remove(key).map(Resource::ReferenceGrant),
             Kind::HostRule => self.host_rules.remove(key).map(Resource::HostRule),
             Kind::HttpRule => self.http_rules.remove(key).map(Resource::HttpRule),
+            Kind::TlsRoute => self.tls_routes.remove(key).map(Resource::TlsRoute),
+            Kind::GrpcRoute => self.grpc_routes.remove(key).map(Resource::GrpcRoute),
+            Kind::BackendTlsPolicy => self.backend_tls_policies.remove(key).map(Resource::BackendTlsPolicy),
         }
     }
 
@@ -414,6 +444,9 @@ impl Snapshot {
             Kind::ReferenceGrant => self.reference_grants.get(key).cloned().map(Resource::ReferenceGrant),
             Kind::HostRule => self.host_rules.get(key).cloned().map(Resource::HostRule),
             Kind::HttpRule => self.http_rules.get(key).cloned().map(Resource::HttpRule),
+            Kind::TlsRoute => self.tls_routes.get(key).cloned().map(Resource::TlsRoute),
+            Kind::GrpcRoute => self.grpc_routes.get(key).cloned().map(Resource::GrpcRoute),
+            Kind::BackendTlsPolicy => self.backend_tls_policies.get(key).cloned().map(Resource::BackendTlsPolicy),
         }
     }
 
@@ -447,6 +480,9 @@ impl Snapshot {
             + self.reference_grants.len()
             + self.host_rules.len()
             + self.http_rules.len()
+            + self.tls_routes.len()
+            + self.grpc_routes.len()
+            + self.backend_tls_policies.len()
     }
 
     /// Whether the snapshot holds no object.

@@ -219,6 +219,9 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
         Kind::ReferenceGrant => typed(value).map(Resource::ReferenceGrant),
         Kind::HostRule => typed(value).map(Resource::HostRule),
         Kind::HttpRule => typed(value).map(Resource::HttpRule),
+        Kind::TlsRoute => typed(value).map(Resource::TlsRoute),
+        Kind::GrpcRoute => typed(value).map(Resource::GrpcRoute),
+        Kind::BackendTlsPolicy => typed(value).map(Resource::BackendTlsPolicy),
     };
     resource.map_or_else(fail, |r| Decoded::Resource(Box::new(r)))
 }

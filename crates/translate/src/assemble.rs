@@ -1,6 +1,6 @@
 //! The last stage: listeners, virtual hosts and routes gathered by the earlier stages are ordered into the IR.
 
-use portico_ir::{Ir, Listener, PathMatch, Protocol, Route, SniCertificate, VirtualHost};
+use portico_ir::{Ir, Listener, PathMatch, Protocol, Route, SniCertificate, TlsRoute, VirtualHost};
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +18,8 @@ pub struct ListenerEntry {
     pub owner: String,
     pub certificates: Vec<SniCertificate>,
     pub hosts: BTreeMap<String, Vec<RankedRoute>>,
+    /// TLS routes by server name; the first one added for a name wins (routes come oldest first).
+    pub tls_routes: BTreeMap<String, TlsRoute>,
 }
 
 /// A route with the key that orders it among the routes of its virtual host.
@@ -69,8 +71,9 @@ impl RouteRank {
 }
 
 impl RouteTable {
-    /// The listener on `address`, created with `protocol` if new. Fails with the existing owner's name when
-    /// the socket already serves another protocol.
+    /// The listener on `address`, created with `protocol` if new. HTTPS and TLS share a socket (it becomes
+    /// HTTPS: TLS with HTTP unless the server name has a TLS route). Fails with the existing owner's name when
+    /// the socket already serves plain HTTP and TLS is asked, or the reverse.
     pub fn listener(
         &mut self,
         address: SocketAddr,
@@ -82,9 +85,13 @@ impl RouteTable {
             owner: owner.to_string(),
             certificates: Vec::new(),
             hosts: BTreeMap::new(),
+            tls_routes: BTreeMap::new(),
         });
-        if entry.protocol != protocol {
+        if entry.protocol.is_tls() != protocol.is_tls() {
             return Err(format!("{address} already serves {:?} for {}", entry.protocol, entry.owner));
+        }
+        if protocol == Protocol::Https {
+            entry.protocol = Protocol::Https;
         }
         Ok(entry)
     }
@@ -115,6 +122,8 @@ impl RouteTable {
             let mut certificates = entry.certificates;
             certificates.sort_by_key(|c| c.hostname.as_deref().map_or((2, Reverse(0), String::new()), host_order));
             certificates.dedup();
+            let mut tls_routes: Vec<TlsRoute> = entry.tls_routes.into_values().collect();
+            tls_routes.sort_by_key(|r| host_order(&r.hostname));
             listeners.push(Listener {
                 name: address.to_string(),
                 address: address.ip(),
@@ -122,6 +131,7 @@ impl RouteTable {
                 protocol: entry.protocol,
                 certificates,
                 virtual_hosts: hosts,
+                tls_routes,
             });
         }
         Ir { listeners, pools: std::mem::take(&mut ir.pools), certificates: std::mem::take(&mut ir.certificates) }

@@ -1,9 +1,12 @@
 //! Backends: a Service port becomes a pool of endpoint addresses, read from its EndpointSlices.
 
 use crate::Context;
-use portico_ir::Pool;
+use crate::{not, ok};
+use portico_ir::{Pool, UpstreamTls};
 use portico_resources::ObjectKey;
 use portico_resources::core::IntOrString;
+use portico_resources::status::ResourceStatus;
+use portico_resources::{Kind, ResourceRef};
 use std::net::{IpAddr, SocketAddr};
 
 /// Which port of a Service a reference means.
@@ -63,11 +66,94 @@ pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>
     };
     let pool_name = format!("{key}:{}", service_port.port);
     if !cx.out.ir.pools.contains_key(&pool_name) {
-        let endpoints =
-            endpoints(cx, key, service_port.name.as_deref().unwrap_or(""), service_port.target_port.as_ref());
-        cx.out.ir.pools.insert(pool_name.clone(), Pool { name: pool_name.clone(), endpoints, tls: None });
+        let port_name = service_port.name.as_deref().unwrap_or("");
+        let endpoints = endpoints(cx, key, port_name, service_port.target_port.as_ref());
+        // BackendTLSPolicy: one for this port's name wins over one for the whole Service.
+        let tls = cx
+            .backend_tls
+            .get(&(key.clone(), Some(port_name.to_string())))
+            .or_else(|| cx.backend_tls.get(&(key.clone(), None)))
+            .cloned();
+        let http2 = matches!(
+            service_port.app_protocol.as_deref(),
+            Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2" | "kubernetes.io/h2")
+        );
+        cx.out.ir.pools.insert(pool_name.clone(), Pool { name: pool_name.clone(), endpoints, tls, http2 });
     }
     Ok(pool_name)
+}
+
+/// Validates every BackendTLSPolicy, writes its status, and records the TLS settings by target Service (and
+/// port name) for [`service_pool`].
+pub fn translate_backend_tls_policies(cx: &mut Context<'_>) {
+    let policies: Vec<_> = cx.snapshot.backend_tls_policies.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+    for (key, policy) in policies {
+        let reference = ResourceRef { kind: Kind::BackendTlsPolicy, key: key.clone() };
+        let generation = policy.metadata.generation;
+        let validation = &policy.spec.validation;
+        let mut problem: Option<(&str, String)> = None;
+        let mut bundle = String::new();
+        for (i, ca) in validation.ca_certificate_refs.iter().enumerate() {
+            let field = format!("spec.validation.caCertificateRefs[{i}]");
+            let object = ObjectKey::new(&key.namespace, &ca.name);
+            let pem =
+                match (ca.group.as_str(), ca.kind.as_str()) {
+                    ("", "ConfigMap") => {
+                        cx.snapshot.config_maps.get(&object).and_then(|c| c.data.as_ref()?.get("ca.crt").cloned())
+                    }
+                    ("", "Secret") => cx.snapshot.secrets.get(&object).and_then(|s| {
+                        s.data.as_ref()?.get("ca.crt").map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    }),
+                    (group, kind) => {
+                        let message =
+                            format!("{kind} in group {group:?} cannot hold CA certificates (ConfigMap or Secret)");
+                        cx.error(&reference, field, message.clone());
+                        problem.get_or_insert(("InvalidKind", message));
+                        continue;
+                    }
+                };
+            match pem.filter(|p| p.contains("-----BEGIN CERTIFICATE-----")) {
+                Some(pem) => bundle.push_str(&pem),
+                None => {
+                    let message = format!("{} {object} has no PEM certificate under ca.crt", ca.kind);
+                    cx.error(&reference, field, message.clone());
+                    problem.get_or_insert(("InvalidCACertificateRef", message));
+                }
+            }
+        }
+        let system = validation.well_known_ca_certificates.as_deref() == Some("System");
+        if bundle.is_empty() && !system && problem.is_none() {
+            let message = "set caCertificateRefs or wellKnownCACertificates: System".to_string();
+            cx.error(&reference, "spec.validation", message.clone());
+            problem = Some(("NoValidCACertificate", message));
+        }
+        if let Err(message) = crate::hostname::validate(&validation.hostname) {
+            cx.error(&reference, "spec.validation.hostname", message.clone());
+            problem.get_or_insert(("Invalid", message));
+        }
+        let conditions = match &problem {
+            None => {
+                let tls = UpstreamTls {
+                    server_name: Some(validation.hostname.clone()),
+                    ca_pem: if bundle.is_empty() { None } else { Some(bundle) },
+                    subject_alt_names: validation.subject_alt_names.iter().filter_map(|s| s.hostname.clone()).collect(),
+                };
+                for target in policy.spec.target_refs.iter().filter(|t| t.group.is_empty() && t.kind == "Service") {
+                    let service = ObjectKey::new(&key.namespace, &target.name);
+                    cx.backend_tls.insert((service, target.section_name.clone()), tls.clone());
+                }
+                vec![
+                    ok("Accepted", "Accepted", "Policy accepted", generation),
+                    ok("ResolvedRefs", "ResolvedRefs", "CA certificates resolved", generation),
+                ]
+            }
+            Some((reason, message)) => vec![
+                not("Accepted", "Invalid", message.clone(), generation),
+                not("ResolvedRefs", reason, message.clone(), generation),
+            ],
+        };
+        cx.set_status(reference, ResourceStatus::Conditions { conditions });
+    }
 }
 
 /// Ready endpoints of a Service port, sorted. Slices are matched by the `kubernetes.io/service-name` label and

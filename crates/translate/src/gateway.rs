@@ -35,6 +35,8 @@ pub struct ListenerInfo {
     pub attached_routes: i32,
     /// Accepted, resolved and not conflicted: traffic is served.
     pub ready: bool,
+    /// A TLS listener in Passthrough mode.
+    pub passthrough: bool,
 }
 
 /// Which namespaces' routes a listener admits.
@@ -158,7 +160,7 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
         for ip in &addresses {
             let address = socket(*ip, listener.port);
             if let Some((existing, by)) = cx.routes.protocol_of(address)
-                && existing != protocol
+                && existing.is_tls() != protocol.is_tls()
             {
                 clash = Some(format!("{address} already serves {existing:?} for {by}"));
             }
@@ -239,12 +241,14 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
     let field = |rest: &str| format!("spec.listeners[{index}]{rest}");
     let mut accepted: Result<(), (&str, String)> = Ok(());
     let mut resolved: Result<(), (&str, String)> = Ok(());
+    let mut no_certificate = false;
 
     let protocol = match spec.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
+        "TLS" => Some(Protocol::Tls),
         other => {
-            let message = format!("protocol {other} is not supported on this listener (HTTP and HTTPS are)");
+            let message = format!("protocol {other} is not supported on this listener (HTTP, HTTPS and TLS are)");
             cx.error(reference, field(".protocol"), message.clone());
             accepted = Err(("UnsupportedProtocol", message));
             None
@@ -264,7 +268,11 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
     }
 
     // Route kinds.
-    let default_kinds = vec![RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: "HTTPRoute".into() }];
+    let passthrough = protocol == Some(Protocol::Tls)
+        && spec.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("Terminate") == "Passthrough";
+    let kinds: &[&str] = if protocol == Some(Protocol::Tls) { &["TLSRoute"] } else { &["HTTPRoute", "GRPCRoute"] };
+    let default_kinds: Vec<RouteGroupKind> =
+        kinds.iter().map(|k| RouteGroupKind { group: Some(GATEWAY_GROUP.into()), kind: k.to_string() }).collect();
     let allowed = spec.allowed_routes.clone().unwrap_or_default();
     let supported_kinds = if protocol.is_none() {
         // No route kind is supported on a listener whose protocol is not.
@@ -272,11 +280,10 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
     } else if allowed.kinds.is_empty() {
         default_kinds
     } else {
-        let (good, bad): (Vec<_>, Vec<_>) = allowed
-            .kinds
-            .iter()
-            .cloned()
-            .partition(|k| k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP));
+        let (good, bad): (Vec<_>, Vec<_>) =
+            allowed.kinds.iter().cloned().partition(|k| {
+                kinds.contains(&k.kind.as_str()) && k.group.as_deref().is_none_or(|g| g == GATEWAY_GROUP)
+            });
         if !bad.is_empty() {
             let names: Vec<&str> = bad.iter().map(|k| k.kind.as_str()).collect();
             let message = format!("route kinds {names:?} are not supported on a {} listener", spec.protocol);
@@ -305,10 +312,17 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
         }
     };
 
-    // Certificates.
-    if protocol == Some(Protocol::Https) {
+    // Certificates: HTTPS listeners and TLS listeners that terminate need them; passthrough ones must not.
+    if protocol == Some(Protocol::Tls)
+        && spec.tls.as_ref().and_then(|t| t.mode.as_deref()).is_some_and(|m| !matches!(m, "Terminate" | "Passthrough"))
+    {
+        let message = "tls.mode must be Terminate or Passthrough".to_string();
+        cx.error(reference, field(".tls.mode"), message.clone());
+        accepted = Err(("UnsupportedValue", message));
+    }
+    if protocol.is_some_and(Protocol::is_tls) && !passthrough {
         let tls = spec.tls.clone().unwrap_or_default();
-        if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+        if protocol == Some(Protocol::Https) && tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
             let message = "HTTPS listeners terminate TLS; use protocol TLS for Passthrough".to_string();
             cx.error(reference, field(".tls.mode"), message.clone());
             accepted = Err(("UnsupportedValue", message));
@@ -316,8 +330,12 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
         let mut usable = 0;
         let mut problems = Vec::new();
         if tls.certificate_refs.is_empty() {
-            problems.push(("InvalidCertificateRef", "an HTTPS listener needs tls.certificateRefs".to_string()));
-            cx.error(reference, field(".tls.certificateRefs"), "an HTTPS listener needs at least one certificate");
+            problems.push(("InvalidCertificateRef", "a terminating listener needs tls.certificateRefs".to_string()));
+            cx.error(
+                reference,
+                field(".tls.certificateRefs"),
+                "a listener that terminates TLS needs at least one certificate",
+            );
         }
         for (i, cert_ref) in tls.certificate_refs.iter().enumerate() {
             let at = field(&format!(".tls.certificateRefs[{i}]"));
@@ -356,8 +374,10 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
             if resolved.is_ok() {
                 resolved = Err((reason, message));
             }
-            if usable == 0 && accepted.is_ok() {
-                accepted = Err(("Invalid", "no usable certificate".into()));
+            // With no usable certificate the listener is accepted but cannot be programmed (spec: the
+            // Accepted reasons do not cover references; ResolvedRefs says why).
+            if usable == 0 {
+                no_certificate = true;
             }
         }
     }
@@ -372,8 +392,10 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
         Err((reason, message)) => conditions.push(not("ResolvedRefs", reason, message.clone(), generation)),
     }
     conditions.push(Condition::new("Conflicted", false, "NoConflicts", "No conflicts", generation));
-    let ready =
-        accepted.is_ok() && (resolved.is_ok() || matches!(resolved, Err(("InvalidRouteKinds", _)))) && port.is_some();
+    let ready = accepted.is_ok()
+        && !no_certificate
+        && (resolved.is_ok() || matches!(resolved, Err(("InvalidRouteKinds", _))))
+        && port.is_some();
     if ready {
         conditions.push(ok("Programmed", "Programmed", "Listening", generation));
     } else {
@@ -389,6 +411,7 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
         conditions,
         attached_routes: 0,
         ready: ready && protocol.is_some(),
+        passthrough,
     }
 }
 
@@ -400,12 +423,14 @@ fn mark_conflicts(listeners: &mut [ListenerInfo]) {
         by_port.entry(l.port).or_default().push(i);
     }
     for indexes in by_port.values() {
-        let protocols: Vec<_> = indexes.iter().map(|i| listeners[*i].protocol).collect();
+        // HTTPS and TLS listeners share a port (the server name tells them apart); HTTP shares with no TLS one.
+        let family = |p: Option<Protocol>| p.map(Protocol::is_tls);
+        let protocols: Vec<_> = indexes.iter().map(|i| family(listeners[*i].protocol)).collect();
         let mixed = protocols.windows(2).any(|w| w[0] != w[1]);
         for &i in indexes {
             let hostname_clash = indexes.iter().any(|&j| {
                 j != i
-                    && listeners[j].protocol == listeners[i].protocol
+                    && family(listeners[j].protocol) == family(listeners[i].protocol)
                     && listeners[j].hostname == listeners[i].hostname
             });
             let reason = if mixed {

@@ -112,21 +112,29 @@ fn apply_http_rules(cx: &mut Context<'_>) {
                 cx.error(&reference, format!("spec.paths[{i}].tls.type"), format!("{:?} is not reencrypt", tls.kind));
                 continue;
             }
-            let upstream = UpstreamTls { server_name: None, ca_pem: tls.destination_ca.clone() };
+            let upstream =
+                UpstreamTls { server_name: None, ca_pem: tls.destination_ca.clone(), subject_alt_names: Vec::new() };
+            // The FQDN's virtual host includes its HostRule aliases: they share its settings.
+            let mut names = vec![rule.spec.fqdn.clone()];
+            for host_rule in cx.snapshot.host_rules.values() {
+                if host_rule.spec.virtualhost.fqdn == rule.spec.fqdn {
+                    names.extend(host_rule.spec.virtualhost.aliases.iter().cloned());
+                }
+            }
             let mut pools = Vec::new();
             for listener in cx.routes.listeners_mut() {
-                let Some(routes) = listener.hosts.get_mut(&rule.spec.fqdn) else {
-                    continue;
-                };
-                for ranked in routes.iter_mut() {
+                let routes =
+                    listener.hosts.iter_mut().filter(|(host, _)| names.contains(host)).flat_map(|(_, r)| r.iter_mut());
+                for ranked in routes {
                     let route = &mut ranked.route;
-                    // As in the operator, HTTPRule applies to the Ingress's paths (HTTPRoute comes later).
-                    if !route.name.starts_with("ingress/") || !under(&route.matcher.path, &path.target) {
+                    // Unlike the operator, which applies HTTPRules to Ingress paths only, Portico applies them to
+                    // every route of the FQDN: Ingress, HTTPRoute and GRPCRoute alike.
+                    if !under(&route.matcher.path, &path.target) {
                         continue;
                     }
                     if let Action::Forward(backends) = &mut route.action {
                         for backend in backends.iter_mut() {
-                            if let Some(pool) = &backend.pool {
+                            if let Some(pool) = backend.pool.as_ref().filter(|p| !p.ends_with("+tls")) {
                                 let tls_pool = format!("{pool}+tls");
                                 pools.push((pool.clone(), tls_pool.clone()));
                                 backend.pool = Some(tls_pool);
@@ -136,10 +144,7 @@ fn apply_http_rules(cx: &mut Context<'_>) {
                 }
             }
             if pools.is_empty() {
-                remarks.push(format!(
-                    "paths[{i}].tls: no Ingress path of {} under {} (HTTPRoute support comes later)",
-                    rule.spec.fqdn, path.target
-                ));
+                remarks.push(format!("paths[{i}].tls: no route of {} under {}", rule.spec.fqdn, path.target));
             } else if tls.destination_ca.is_none() {
                 cx.warning(
                     &reference,

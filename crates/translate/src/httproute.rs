@@ -1,219 +1,101 @@
 //! HTTPRoute: validate rules, attach to listeners, resolve backends, write `status.parents`.
 
-use crate::assemble::{RankedRoute, RouteRank, socket};
+use crate::Context;
+use crate::assemble::{RankedRoute, RouteRank};
 use crate::backend::{BackendError, ServicePort, service_pool};
 use crate::gateway::{GATEWAY_GROUP, GatewayInfo};
 use crate::refgrant::{RefEnd, permitted};
-use crate::{Context, hostname, not, ok};
+use crate::route::{Attachment, RouteProblems, RouteSource, attach, is_ours, oldest_first, validate_hostnames};
 use portico_ir::{
-    Action, Filter, HeaderEdits, PathMatch, PathRewrite, Redirect, Route, RouteMatch, StringMatch, UrlRewrite,
-    ValueMatch, WeightedPool,
+    Action, Filter, HeaderEdits, PathMatch, PathRewrite, Redirect, Retry, Route, RouteMatch, StringMatch, Timeouts,
+    UrlRewrite, ValueMatch, WeightedPool,
 };
 use portico_resources::gateway::{
-    HttpHeaderFilter, HttpHeaderMatch, HttpPathModifier, HttpRoute, HttpRouteRule, ParentReference,
+    BackendObjectReference, HttpBackendRef, HttpHeaderFilter, HttpHeaderMatch, HttpPathModifier, HttpRouteFilter,
+    HttpRouteRule,
 };
-use portico_resources::status::{Condition, ResourceStatus, RouteParentStatus, RouteStatus};
 use portico_resources::{Kind, ObjectKey, ResourceRef};
 
 /// A rule turned into IR pieces: one IR route per match.
-struct CompiledRule {
-    matches: Vec<RouteMatch>,
-    filters: Vec<Filter>,
-    action: Action,
-}
-
-/// Rule problems that make the rule unusable (Accepted) or only some backends (ResolvedRefs).
-#[derive(Default)]
-struct RouteProblems {
-    invalid_rules: Vec<String>,
-    unresolved: Option<(&'static str, String)>,
+pub struct CompiledRule {
+    pub matches: Vec<RouteMatch>,
+    pub filters: Vec<Filter>,
+    pub action: Action,
+    pub timeouts: Timeouts,
+    pub retry: Option<Retry>,
 }
 
 /// Translates every HTTPRoute that names one of Portico's Gateways.
 pub fn translate_http_routes(cx: &mut Context<'_>, gateways: &mut [GatewayInfo]) {
-    let mut routes: Vec<(&ObjectKey, &HttpRoute)> = cx.snapshot.http_routes.iter().collect();
-    routes.sort_by_key(|(key, r)| (r.metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
-    for (key, route) in routes {
-        translate_http_route(cx, gateways, key, route);
+    for (key, route) in oldest_first(&cx.snapshot.http_routes, |r| &r.metadata) {
+        let reference = ResourceRef { kind: Kind::HttpRoute, key: key.clone() };
+        let source = RouteSource {
+            reference: &reference,
+            metadata: &route.metadata,
+            parent_refs: &route.spec.parent_refs,
+            hostnames: &route.spec.hostnames,
+        };
+        if !is_ours(cx, gateways, &source) {
+            continue;
+        }
+        let mut problems = RouteProblems::default();
+        let hostnames_valid = validate_hostnames(cx, &source, &mut problems);
+        let rules: Vec<Option<CompiledRule>> = route
+            .spec
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| compile_rule(cx, &reference, rule, i, &mut problems))
+            .collect();
+        let usable = hostnames_valid && (route.spec.rules.is_empty() || rules.iter().any(Option::is_some));
+        let attachments = attach(cx, gateways, &source, &problems, usable);
+        push_routes(cx, &attachments, &reference, &route.metadata, &rules, false);
     }
 }
 
-fn is_gateway_parent(parent: &ParentReference) -> bool {
-    parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-        && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-}
-
-fn translate_http_route(cx: &mut Context<'_>, gateways: &mut [GatewayInfo], key: &ObjectKey, route: &HttpRoute) {
-    let reference = ResourceRef { kind: Kind::HttpRoute, key: key.clone() };
-    let generation = route.metadata.generation;
-    let ours: Vec<usize> = route
-        .spec
-        .parent_refs
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| is_gateway_parent(p))
-        .filter(|(_, p)| {
-            let ns = p.namespace.as_deref().unwrap_or(&key.namespace);
-            gateways.iter().any(|g| g.reference.key == ObjectKey::new(ns, &p.name))
-        })
-        .map(|(i, _)| i)
-        .collect();
-    if ours.is_empty() {
-        for (i, parent) in route.spec.parent_refs.iter().enumerate() {
-            let ns = parent.namespace.as_deref().unwrap_or(&key.namespace);
-            if is_gateway_parent(parent) && !cx.snapshot.gateways.contains_key(&ObjectKey::new(ns, &parent.name)) {
-                cx.warning(
-                    &reference,
-                    format!("spec.parentRefs[{i}]"),
-                    format!("Gateway {ns}/{} does not exist", parent.name),
-                );
-            }
-        }
-        return;
-    }
-
-    let mut problems = RouteProblems::default();
-    for (i, name) in route.spec.hostnames.iter().enumerate() {
-        if let Err(message) = hostname::validate(name) {
-            cx.error(&reference, format!("spec.hostnames[{i}]"), message);
-            problems.invalid_rules.push(format!("hostname {name:?} is invalid"));
-        }
-    }
-    let hostname_invalid = !problems.invalid_rules.is_empty();
-    let rules: Vec<Option<CompiledRule>> = route
-        .spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| compile_rule(cx, &reference, rule, i, &mut problems))
-        .collect();
-    let valid_rules = rules.iter().filter(|r| r.is_some()).count();
-    let created = route.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
-
-    let mut parents = Vec::new();
-    for index in ours {
-        let parent = &route.spec.parent_refs[index];
-        let gateway_key = ObjectKey::new(parent.namespace.as_deref().unwrap_or(&key.namespace), &parent.name);
-        let Some(gateway) = gateways.iter_mut().find(|g| g.reference.key == gateway_key) else {
+/// Adds compiled rules to the virtual hosts of each attachment, ranked for precedence. `grpc` marks routes
+/// whose errors are answered the gRPC way.
+pub fn push_routes(
+    cx: &mut Context<'_>,
+    attachments: &[Attachment],
+    reference: &ResourceRef,
+    metadata: &portico_resources::core::ObjectMeta,
+    rules: &[Option<CompiledRule>],
+    grpc: bool,
+) {
+    let key = &reference.key;
+    let prefix = reference.kind.as_str().to_ascii_lowercase();
+    let created = metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
+    for attachment in attachments {
+        let Ok(entry) = cx.routes.listener(attachment.socket, attachment.protocol, &attachment.owner) else {
             continue;
         };
-        let mut conditions = Vec::new();
-
-        let candidates: Vec<usize> = (0..gateway.listeners.len())
-            .filter(|&i| {
-                let l = &gateway.listeners[i];
-                parent.section_name.as_ref().is_none_or(|s| *s == l.name)
-                    && parent.port.is_none_or(|p| i32::from(l.port) == p)
-            })
-            .collect();
-        let admitted: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| gateway.listeners[i].admits(cx.snapshot, &gateway_key.namespace, "HTTPRoute", &key.namespace))
-            .collect();
-        // Attachment depends on the parentRef, allowedRoutes and hostnames only, not on the listener's status:
-        // a route attached to a listener that is not programmed still counts in its attachedRoutes.
-        let attached: Vec<(usize, Vec<String>)> = admitted
-            .iter()
-            .filter_map(|&i| {
-                hostname::intersect(gateway.listeners[i].hostname.as_deref(), &route.spec.hostnames).map(|h| (i, h))
-            })
-            .collect();
-
-        let accepted = if candidates.is_empty() {
-            Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".to_string()))
-        } else if admitted.is_empty() {
-            Err(("NotAllowedByListeners", "the listeners' allowedRoutes do not admit this route".to_string()))
-        } else if attached.is_empty() {
-            Err(("NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames".to_string()))
-        } else if hostname_invalid || valid_rules == 0 && !route.spec.rules.is_empty() {
-            Err(("UnsupportedValue", problems.invalid_rules.join("; ")))
-        } else if !attached.iter().any(|(i, _)| gateway.listeners[*i].ready) {
-            Err((
-                "NoReadyListeners",
-                "the route attaches only to listeners that are not programmed (see the Gateway's status)".to_string(),
-            ))
-        } else {
-            Ok(())
-        };
-        match &accepted {
-            Ok(()) => conditions.push(ok("Accepted", "Accepted", "Route accepted", generation)),
-            Err((reason, message)) => conditions.push(not("Accepted", reason, message.clone(), generation)),
-        }
-        match &problems.unresolved {
-            None => conditions.push(ok("ResolvedRefs", "ResolvedRefs", "References resolved", generation)),
-            Some((reason, message)) => conditions.push(not("ResolvedRefs", reason, message.clone(), generation)),
-        }
-        if accepted.is_ok() && !problems.invalid_rules.is_empty() {
-            conditions.push(Condition::new(
-                "PartiallyInvalid",
-                true,
-                "UnsupportedValue",
-                format!("rules dropped: {}", problems.invalid_rules.join("; ")),
-                generation,
-            ));
-        }
-        // Routes that are themselves not accepted (say, every rule invalid) count as attached too, as the spec
-        // of attachedRoutes requires.
-        for (listener_index, _) in &attached {
-            gateway.listeners[*listener_index].attached_routes += 1;
-        }
-        if accepted.is_ok() {
-            for (listener_index, hostnames) in &attached {
-                let listener = &gateway.listeners[*listener_index];
-                if !listener.ready {
-                    continue;
-                }
-                let Some(protocol) = listener.protocol else {
-                    continue;
-                };
-                for ip in &gateway.addresses {
-                    let Ok(entry) =
-                        cx.routes.listener(socket(*ip, listener.port), protocol, &gateway.reference.to_string())
-                    else {
+        for host in &attachment.hostnames {
+            let routes = entry.hosts.entry(host.clone()).or_default();
+            for (rule_index, rule) in rules.iter().enumerate() {
+                let Some(rule) = rule else { continue };
+                for (match_index, matcher) in rule.matches.iter().enumerate() {
+                    let name = format!("{prefix}/{}/{}/rule/{rule_index}/match/{match_index}", key.namespace, key.name);
+                    // Two listeners sharing a socket (or two parentRefs) can bring the same route to the same
+                    // host: it is served once.
+                    if routes.iter().any(|r| r.route.name == name) {
                         continue;
-                    };
-                    for host in hostnames {
-                        let routes = entry.hosts.entry(host.clone()).or_default();
-                        for (rule_index, rule) in rules.iter().enumerate() {
-                            let Some(rule) = rule else { continue };
-                            for (match_index, matcher) in rule.matches.iter().enumerate() {
-                                let name = format!(
-                                    "httproute/{}/{}/rule/{rule_index}/match/{match_index}",
-                                    key.namespace, key.name
-                                );
-                                // Two listeners sharing a socket (or two parentRefs) can bring the
-                                // same route to the same host: it is served once.
-                                if routes.iter().any(|r| r.route.name == name) {
-                                    continue;
-                                }
-                                let ir_route = Route {
-                                    name,
-                                    matcher: matcher.clone(),
-                                    filters: rule.filters.clone(),
-                                    action: rule.action.clone(),
-                                };
-                                let rank = RouteRank::new(
-                                    &ir_route,
-                                    created.clone(),
-                                    key.to_string(),
-                                    rule_index,
-                                    match_index,
-                                );
-                                routes.push(RankedRoute { rank, route: ir_route });
-                            }
-                        }
                     }
+                    let ir_route = Route {
+                        name,
+                        matcher: matcher.clone(),
+                        filters: rule.filters.clone(),
+                        action: rule.action.clone(),
+                        timeouts: rule.timeouts.clone(),
+                        retry: rule.retry.clone(),
+                        grpc,
+                    };
+                    let rank = RouteRank::new(&ir_route, created.clone(), key.to_string(), rule_index, match_index);
+                    routes.push(RankedRoute { rank, route: ir_route });
                 }
             }
         }
-        parents.push(RouteParentStatus {
-            parent_ref: parent.clone(),
-            controller_name: cx.options.gateway_controller.clone(),
-            conditions,
-        });
     }
-    cx.set_status(reference, ResourceStatus::Route(RouteStatus { parents }));
 }
 
 fn compile_rule(
@@ -271,11 +153,53 @@ fn compile_rule(
         }
         matches.push(out);
     }
+    let timeouts = Timeouts {
+        request_ms: duration_field(
+            rule.timeouts.as_ref().and_then(|t| t.request.as_deref()),
+            &at(".timeouts.request".into()),
+            &mut errors,
+        ),
+        backend_request_ms: duration_field(
+            rule.timeouts.as_ref().and_then(|t| t.backend_request.as_deref()),
+            &at(".timeouts.backendRequest".into()),
+            &mut errors,
+        ),
+    };
+    let retry = rule.retry.as_ref().map(|r| Retry {
+        attempts: u32::try_from(r.attempts.unwrap_or(1)).unwrap_or(0).min(5),
+        codes: r.codes.iter().filter_map(|c| u16::try_from(*c).ok()).filter(|c| (500..600).contains(c)).collect(),
+        backoff_ms: duration_field(r.backoff.as_deref(), &at(".retry.backoff".into()), &mut errors).unwrap_or(25),
+    });
+    let parts = RuleParts { index, filters: &rule.filters, backend_refs: &rule.backend_refs, timeouts, retry };
+    finish_rule(cx, reference, matches, parts, errors, problems)
+}
+
+/// What a rule has besides its matches.
+pub struct RuleParts<'a> {
+    pub index: usize,
+    pub filters: &'a [HttpRouteFilter],
+    pub backend_refs: &'a [HttpBackendRef],
+    pub timeouts: Timeouts,
+    pub retry: Option<Retry>,
+}
+
+/// Compiles a rule's filters and backends (the part HTTPRoute and GRPCRoute share). A rule with any error
+/// is dropped and recorded in `problems`.
+pub fn finish_rule(
+    cx: &mut Context<'_>,
+    reference: &ResourceRef,
+    matches: Vec<RouteMatch>,
+    parts: RuleParts<'_>,
+    mut errors: Vec<(String, String)>,
+    problems: &mut RouteProblems,
+) -> Option<CompiledRule> {
+    let index = parts.index;
+    let at = |rest: String| format!("spec.rules[{index}]{rest}");
     let all_prefix = matches.iter().all(|m| matches!(m.path, PathMatch::Prefix(_)));
 
     let mut filters = Vec::new();
     let mut redirect = None;
-    for (f, filter) in rule.filters.iter().enumerate() {
+    for (f, filter) in parts.filters.iter().enumerate() {
         let field = at(format!(".filters[{f}]"));
         match filter.kind.as_str() {
             "RequestHeaderModifier" => match &filter.request_header_modifier {
@@ -339,19 +263,17 @@ fn compile_rule(
         Some(redirect) => Action::Redirect(redirect),
         None => {
             let mut pools = Vec::new();
-            for (b, backend_ref) in rule.backend_refs.iter().enumerate() {
+            for (b, backend_ref) in parts.backend_refs.iter().enumerate() {
                 let field = at(format!(".backendRefs[{b}]"));
                 if !backend_ref.filters.is_empty() {
                     errors.push((format!("{field}.filters"), "per-backend filters are not supported yet".into()));
                 }
                 let weight = u32::try_from(backend_ref.weight.unwrap_or(1)).unwrap_or(0);
-                match resolve_backend(cx, reference, backend_ref) {
+                match resolve_backend(cx, reference, &backend_ref.backend) {
                     Ok(pool) => pools.push(WeightedPool { pool: Some(pool), weight }),
                     Err(error) => {
                         cx.error(reference, field, error.message().to_string());
-                        if problems.unresolved.is_none() {
-                            problems.unresolved = Some((error.reason(), error.message().to_string()));
-                        }
+                        problems.unresolved(error.reason(), error.message().to_string());
                         pools.push(WeightedPool { pool: None, weight });
                     }
                 }
@@ -365,7 +287,7 @@ fn compile_rule(
     };
 
     if errors.is_empty() {
-        Some(CompiledRule { matches, filters, action })
+        Some(CompiledRule { matches, filters, action, timeouts: parts.timeouts, retry: parts.retry })
     } else {
         for (field, message) in errors.iter() {
             cx.error(reference, field.clone(), message.clone());
@@ -375,12 +297,12 @@ fn compile_rule(
     }
 }
 
-fn resolve_backend(
+/// Resolves a backend reference of any route kind to a pool, honouring ReferenceGrants for the route's kind.
+pub fn resolve_backend(
     cx: &mut Context<'_>,
     reference: &ResourceRef,
-    backend_ref: &portico_resources::gateway::HttpBackendRef,
+    backend: &BackendObjectReference,
 ) -> Result<String, BackendError> {
-    let backend = &backend_ref.backend;
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
@@ -391,7 +313,7 @@ fn resolve_backend(
     let namespace = backend.namespace.as_deref().unwrap_or(&reference.key.namespace);
     let allowed = permitted(
         cx.snapshot,
-        &RefEnd { group: GATEWAY_GROUP, kind: "HTTPRoute", namespace: &reference.key.namespace },
+        &RefEnd { group: GATEWAY_GROUP, kind: reference.kind.as_str(), namespace: &reference.key.namespace },
         &RefEnd { group: "", kind: "Service", namespace },
         &backend.name,
     );
@@ -407,7 +329,7 @@ fn resolve_backend(
     service_pool(cx, &ObjectKey::new(namespace, &backend.name), ServicePort::Number(port))
 }
 
-fn value_matches(specs: &[HttpHeaderMatch], field: &str, errors: &mut Vec<(String, String)>) -> Vec<ValueMatch> {
+pub fn value_matches(specs: &[HttpHeaderMatch], field: &str, errors: &mut Vec<(String, String)>) -> Vec<ValueMatch> {
     specs
         .iter()
         .enumerate()
@@ -483,4 +405,64 @@ fn path_modifier(
 
 fn first_line(error: &regex::Error) -> String {
     error.to_string().lines().last().unwrap_or("").trim().to_string()
+}
+
+/// Parses a Gateway API duration (`1h`, `10s`, `500ms`, `1m30s`; `0s` means no limit) into milliseconds,
+/// recording an error for anything else.
+fn duration_field(text: Option<&str>, field: &str, errors: &mut Vec<(String, String)>) -> Option<u64> {
+    let text = text?;
+    match parse_duration(text) {
+        Some(0) => None,
+        Some(ms) => Some(ms),
+        None => {
+            errors.push((field.to_string(), format!("{text:?} is not a duration like 10s, 500ms or 1m30s")));
+            None
+        }
+    }
+}
+
+/// Milliseconds of a Gateway API duration.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1000, 1)
+        } else {
+            return None;
+        };
+        total += value * unit;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_follow_the_gateway_api_format() {
+        assert_eq!(parse_duration("10s"), Some(10_000));
+        assert_eq!(parse_duration("1m30s"), Some(90_000));
+        assert_eq!(parse_duration("250ms"), Some(250));
+        assert_eq!(parse_duration("1h"), Some(3_600_000));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("1.5s"), None);
+    }
 }

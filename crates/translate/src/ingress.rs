@@ -4,7 +4,7 @@ use crate::assemble::{RankedRoute, RouteRank, socket};
 use crate::backend::{ServicePort, service_pool};
 use crate::tls::{CertError, load_certificate};
 use crate::{Context, hostname};
-use portico_ir::{Action, PathMatch, Protocol, Route, RouteMatch, SniCertificate, WeightedPool};
+use portico_ir::{Action, PathMatch, Protocol, Redirect, Route, RouteMatch, SniCertificate, TlsRoute, WeightedPool};
 use portico_resources::core::{Ingress, IngressBackend};
 use portico_resources::status::{IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus, ResourceStatus};
 use portico_resources::{Kind, ObjectKey, ResourceRef};
@@ -55,9 +55,19 @@ pub fn translate_ingresses(cx: &mut Context<'_>) {
     }
 }
 
+/// Annotations that turn an Ingress into TLS passthrough: the operator's spelling, so existing manifests
+/// work, and Portico's own.
+const PASSTHROUGH_ANNOTATIONS: [&str; 2] = ["passthrough.ako.vmware.com/enabled", "portico.dev/passthrough"];
+
 fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
     let reference = ResourceRef { kind: Kind::Ingress, key: key.clone() };
     let spec = ingress.spec.clone().unwrap_or_default();
+    let annotations = ingress.metadata.annotations.clone().unwrap_or_default();
+    if PASSTHROUGH_ANNOTATIONS.iter().any(|a| annotations.get(*a).is_some_and(|v| v == "true")) {
+        translate_passthrough(cx, &reference, &spec);
+        write_status(cx, reference);
+        return;
+    }
     let created = ingress.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
     let owner = reference.to_string();
 
@@ -127,12 +137,11 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
             let Some(action) = backend_action(cx, &reference, &path.backend, &format!("{field}.backend")) else {
                 continue;
             };
-            routes.push(Route {
-                name: format!("ingress/{}/{}/rule/{r}/path/{p}", key.namespace, key.name),
-                matcher: RouteMatch { path: matcher, ..RouteMatch::default() },
-                filters: Vec::new(),
+            routes.push(Route::new(
+                format!("ingress/{}/{}/rule/{r}/path/{p}", key.namespace, key.name),
+                RouteMatch { path: matcher, ..RouteMatch::default() },
                 action,
-            });
+            ));
         }
         rules.push((host, routes));
     }
@@ -140,12 +149,8 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
         && let Some(action) = backend_action(cx, &reference, backend, "spec.defaultBackend")
     {
         // The default backend answers whatever the rules do not: every host of this Ingress, and any host.
-        let fallback = Route {
-            name: format!("ingress/{}/{}/default", key.namespace, key.name),
-            matcher: RouteMatch::default(),
-            filters: Vec::new(),
-            action,
-        };
+        let fallback =
+            Route::new(format!("ingress/{}/{}/default", key.namespace, key.name), RouteMatch::default(), action);
         for (_, routes) in rules.iter_mut() {
             routes.push(fallback.clone());
         }
@@ -192,6 +197,10 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
         }
     }
 
+    write_status(cx, reference);
+}
+
+fn write_status(cx: &mut Context<'_>, reference: ResourceRef) {
     let status = IngressStatus {
         load_balancer: IngressLoadBalancerStatus {
             ingress: cx
@@ -203,6 +212,59 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
         },
     };
     cx.set_status(reference, ResourceStatus::Ingress(status));
+}
+
+/// A passthrough Ingress: each rule's host is routed by SNI on :443 to the backend of its first path (the
+/// TLS stream is not decrypted, so paths cannot matter), and :80 redirects to HTTPS, as the operator does.
+fn translate_passthrough(cx: &mut Context<'_>, reference: &ResourceRef, spec: &portico_resources::core::IngressSpec) {
+    let key = &reference.key;
+    for (r, rule) in spec.rules.iter().flatten().enumerate() {
+        let Some(host) = rule.host.clone() else {
+            cx.error(reference, format!("spec.rules[{r}].host"), "a passthrough rule needs a host (TLS routes by SNI)");
+            continue;
+        };
+        let Some(path) = rule.http.as_ref().and_then(|h| h.paths.first()) else {
+            cx.error(reference, format!("spec.rules[{r}].http.paths"), "a passthrough rule needs a backend");
+            continue;
+        };
+        let Some(Action::Forward(backends)) =
+            backend_action(cx, reference, &path.backend, &format!("spec.rules[{r}].http.paths[0].backend"))
+        else {
+            continue;
+        };
+        let owner = reference.to_string();
+        for ip in cx.options.ingress_addresses.clone() {
+            match cx.routes.listener(socket(ip, 443), Protocol::Tls, &owner) {
+                Ok(entry) => {
+                    entry.tls_routes.entry(host.clone()).or_insert_with(|| TlsRoute {
+                        name: format!("ingress/{}/{}/passthrough/{r}", key.namespace, key.name),
+                        hostname: host.clone(),
+                        passthrough: true,
+                        backends: backends.clone(),
+                    });
+                }
+                Err(message) => cx.error(reference, "spec", message),
+            }
+            let redirect = Action::Redirect(Redirect {
+                scheme: Some("https".into()),
+                port: Some(443),
+                status: 301,
+                ..Redirect::default()
+            });
+            let route = Route::new(
+                format!("ingress/{}/{}/passthrough/{r}/redirect", key.namespace, key.name),
+                RouteMatch::default(),
+                redirect,
+            );
+            match cx.routes.listener(socket(ip, 80), Protocol::Http, &owner) {
+                Ok(entry) => {
+                    let rank = RouteRank::new(&route, None, key.to_string(), r, 0);
+                    entry.hosts.entry(host.clone()).or_default().push(RankedRoute { rank, route });
+                }
+                Err(message) => cx.error(reference, "spec", message),
+            }
+        }
+    }
 }
 
 fn backend_action(

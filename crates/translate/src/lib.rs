@@ -10,12 +10,15 @@
 mod assemble;
 mod backend;
 mod gateway;
+mod grpcroute;
 mod hostname;
 mod hostrule;
 mod httproute;
 mod ingress;
 mod refgrant;
+mod route;
 mod tls;
+mod tlsroute;
 
 use portico_ir::Ir;
 use portico_resources::status::{Condition, ResourceStatus};
@@ -103,9 +106,18 @@ pub struct Report<'a> {
 
 /// Translates a snapshot. Pure: no I/O, no clock.
 pub fn translate(snapshot: &Snapshot, options: &TranslateOptions) -> Translation {
-    let mut cx = Context { snapshot, options, out: Translation::default(), routes: assemble::RouteTable::default() };
+    let mut cx = Context {
+        snapshot,
+        options,
+        out: Translation::default(),
+        routes: assemble::RouteTable::default(),
+        backend_tls: BTreeMap::new(),
+    };
+    backend::translate_backend_tls_policies(&mut cx);
     let mut gateways = gateway::translate_gateways(&mut cx);
     httproute::translate_http_routes(&mut cx, &mut gateways);
+    grpcroute::translate_grpc_routes(&mut cx, &mut gateways);
+    tlsroute::translate_tls_routes(&mut cx, &mut gateways);
     gateway::write_gateway_statuses(&mut cx, &gateways);
     ingress::translate_ingresses(&mut cx);
     hostrule::apply_host_rules(&mut cx);
@@ -128,6 +140,8 @@ pub(crate) struct Context<'a> {
     pub options: &'a TranslateOptions,
     pub out: Translation,
     pub routes: assemble::RouteTable,
+    /// Upstream TLS from BackendTLSPolicies, by target Service and optional port name.
+    pub backend_tls: BTreeMap<(portico_resources::ObjectKey, Option<String>), portico_ir::UpstreamTls>,
 }
 
 impl Context<'_> {

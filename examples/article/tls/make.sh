@@ -151,8 +151,8 @@ YAML
   indent '    ' root-ca.crt
 } > "$ARTICLE/common/tls-secret.yaml"
 
-# Replace the PEM block under "destinationCA: |" in ingress/rules.yaml with the current root-ca.crt.
-RULES="$ARTICLE/ingress/rules.yaml"
+# Replace the PEM block under "destinationCA: |" in both flavours' rules.yaml with the current root-ca.crt.
+for RULES in "$ARTICLE/ingress/rules.yaml" "$ARTICLE/httproute/rules.yaml"; do
 if [ -f "$RULES" ]; then
   awk -v ca="$HERE/root-ca.crt" '
     skipping && (/^[[:space:]]*$/ || match($0, /^ */) && RLENGTH > keyind) { next }
@@ -170,4 +170,5 @@ if [ -f "$RULES" ]; then
   ' "$RULES" > "$WORK/rules.yaml"
   cat "$WORK/rules.yaml" > "$RULES"
 fi
-echo "regenerated $HERE and refreshed common/tls-secret.yaml, ingress/rules.yaml"
+done
+echo "regenerated $HERE and refreshed common/tls-secret.yaml and the flavours' rules.yaml"
