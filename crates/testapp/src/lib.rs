@@ -293,7 +293,7 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, m
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let result = match tls {
                         None => {
-                            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                             watcher.watch(conn).await
                         }
                         Some(acceptor) => {
@@ -308,7 +308,7 @@ async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Arc<App>, m
                                     }
                                     Err(_) => return,
                                 };
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn).await
                         }
                     };
@@ -338,7 +338,61 @@ fn route(path: &str) -> Option<&'static str> {
     ["pink", "blue", "green"].into_iter().find(|c| *c == first)
 }
 
-async fn handle(req: Request<Incoming>, app: Arc<App>, https: bool) -> Result<Response<Full<Bytes>>, Infallible> {
+/// `/ws`: a WebSocket echo, for checking that upgrades pass through a proxy.
+fn websocket_echo(req: &mut Request<Incoming>, app: &App) -> Option<Response<Full<Bytes>>> {
+    let wants = req.uri().path() == "/ws"
+        && req
+            .headers()
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !wants {
+        return None;
+    }
+    let key = req.headers().get("sec-websocket-key")?.as_bytes().to_vec();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let upgrade = hyper::upgrade::on(req);
+    let name = app.name.clone();
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        // Bounded: a test client sends a few messages; the echo stops when the client closes.
+        while let Some(Ok(message)) = socket.next().await {
+            let reply = match message {
+                tokio_tungstenite::tungstenite::Message::Text(text) => {
+                    tokio_tungstenite::tungstenite::Message::text(format!("{name}: {}", text.as_str()))
+                }
+                tokio_tungstenite::tungstenite::Message::Binary(data) => {
+                    tokio_tungstenite::tungstenite::Message::Binary(data)
+                }
+                tokio_tungstenite::tungstenite::Message::Close(_) => break,
+                _ => continue,
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(http::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert("sec-websocket-accept", HeaderValue::from_str(&accept).ok()?);
+    headers.insert("x-testapp-instance", app.instance.clone());
+    Some(response)
+}
+
+async fn handle(mut req: Request<Incoming>, app: Arc<App>, https: bool) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(response) = websocket_echo(&mut req, &app) {
+        return Ok(response);
+    }
     let (parts, mut body) = req.into_parts();
     // Drain the request body so the connection stays reusable.
     while let Some(Ok(_)) = body.frame().await {}

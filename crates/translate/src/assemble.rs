@@ -134,7 +134,25 @@ impl RouteTable {
                 tls_routes,
             });
         }
-        Ir { listeners, pools: std::mem::take(&mut ir.pools), certificates: std::mem::take(&mut ir.certificates) }
+        // Pools and certificates that nothing refers to any more (a pool replaced by its TLS variant, the
+        // certificate of a listener that lost a conflict) are left out.
+        let mut pools = std::mem::take(&mut ir.pools);
+        let mut certificates = std::mem::take(&mut ir.certificates);
+        let mut used_pools = std::collections::BTreeSet::new();
+        let mut used_certificates = std::collections::BTreeSet::new();
+        for listener in &listeners {
+            used_certificates.extend(listener.certificates.iter().map(|c| c.certificate.clone()));
+            let forwards =
+                listener.virtual_hosts.iter().flat_map(|h| h.routes.iter()).filter_map(|r| match &r.action {
+                    portico_ir::Action::Forward(backends) => Some(backends.as_slice()),
+                    _ => None,
+                });
+            let tls = listener.tls_routes.iter().map(|r| r.backends.as_slice());
+            used_pools.extend(forwards.chain(tls).flatten().filter_map(|b| b.pool.clone()));
+        }
+        pools.retain(|name, _| used_pools.contains(name));
+        certificates.retain(|name, _| used_certificates.contains(name));
+        Ir { listeners, pools, certificates }
     }
 }
 

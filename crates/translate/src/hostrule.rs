@@ -164,19 +164,6 @@ fn apply_http_rules(cx: &mut Context<'_>) {
         let conditions: Vec<Condition> = vec![ok("Accepted", "Accepted", message, generation)];
         cx.set_status(reference, ResourceStatus::Conditions { conditions });
     }
-    // Plain pools that no route uses any more (all moved to TLS) are dropped.
-    let used: std::collections::BTreeSet<String> = cx
-        .routes
-        .listeners_mut()
-        .flat_map(|l| l.hosts.values())
-        .flatten()
-        .filter_map(|r| match &r.route.action {
-            Action::Forward(b) => Some(b.iter().filter_map(|p| p.pool.clone()).collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    cx.out.ir.pools.retain(|name, _| used.contains(name));
 }
 
 /// Whether a route's path lies under an HTTPRule target (a path prefix).
