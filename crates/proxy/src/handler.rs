@@ -330,6 +330,8 @@ async fn forward(
     let attempts = 1 + retry.map_or(0, |r| r.attempts);
     let mut body = Some(body.boxed());
     let mut last_error = None;
+    // A backend's answer beats a later connection failure as what the client is told.
+    let mut last_status = None;
     for attempt in 0..attempts {
         if attempt > 0 {
             let backoff = retry.map_or(0, |r| r.backoff_ms) << (attempt - 1).min(6);
@@ -361,7 +363,7 @@ async fn forward(
             Ok(response) => {
                 let status = response.status().as_u16();
                 if attempt + 1 < attempts && retry.is_some_and(|r| r.codes.contains(&status)) {
-                    last_error = Some(Failure::Status(status));
+                    last_status = Some(status);
                     continue;
                 }
                 return finish(shared, pool, response, downstream_upgrade);
@@ -379,11 +381,11 @@ async fn forward(
             }
         }
     }
+    if let Some(code) = last_status {
+        return local(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY), "upstream failed after retries\n");
+    }
     match last_error {
         Some(Failure::Timeout) => error_response(grpc, StatusCode::GATEWAY_TIMEOUT, "upstream request timed out"),
-        Some(Failure::Status(code)) => {
-            local(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY), "upstream failed after retries\n")
-        }
         _ => error_response(grpc, StatusCode::BAD_GATEWAY, "upstream unavailable"),
     }
 }
@@ -392,7 +394,6 @@ async fn forward(
 enum Failure {
     Client(hyper_util::client::legacy::Error),
     Timeout,
-    Status(u16),
 }
 
 impl Failure {
@@ -401,7 +402,6 @@ impl Failure {
             Failure::Client(e) if e.is_connect() => "connect",
             Failure::Client(_) => "request",
             Failure::Timeout => "timeout",
-            Failure::Status(_) => "status",
         }
     }
 }
@@ -411,7 +411,6 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Client(e) => f.write_str(&error_chain(e)),
             Failure::Timeout => f.write_str("timed out"),
-            Failure::Status(code) => write!(f, "status {code}"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! check and as a backend in proxy tests.
 //!
 //! Routes (any method):
+//! - `?delay=MS` and `?status=CODE` on any page answer late or with another status (for testing proxies).
 //! - `/` serves a white HTML page; `/pink`, `/blue` and `/green` (plus a trailing
 //!   slash or any subpath such as `/pink/x`) serve a page of that colour. The colour
 //!   word is the page `<title>`, and `<p id="instance">NAME</p>` names the instance.
@@ -397,13 +398,21 @@ async fn handle(mut req: Request<Incoming>, app: Arc<App>, https: bool) -> Resul
     // Drain the request body so the connection stays reusable.
     while let Some(Ok(_)) = body.frame().await {}
 
+    // Test knobs for proxies: `?delay=MS` answers late (at most 10 s), `?status=CODE` answers with that code.
+    let query = parts.uri.query().unwrap_or("");
+    let knob = |name: &str| query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok());
+    if let Some(ms) = knob("delay") {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+    }
+    let forced = knob("status").and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
+
     let (status, content_type, body) = match route(parts.uri.path()) {
         Some("healthz") => (StatusCode::OK, "application/json", r#"{"status":"UP"}"#.to_owned()),
         Some(colour) => (StatusCode::OK, "text/html; charset=utf-8", page(colour, &app.name)),
         None => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_owned()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
+    *response.status_mut() = forced.unwrap_or(status);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert("x-testapp-instance", app.instance.clone());
