@@ -6,7 +6,9 @@
 //!   calls [`PoolState::update`] when the IR changes, [`PoolState::pick`] for each request (holding the
 //!   returned [`InFlightGuard`] until the response is done), and [`PoolState::report`] with the outcome.
 //!   [`PoolState::health`] feeds `/api/status` and `/metrics`.
-//! - [`spawn_health_checks`] runs a pool's active checks.
+//! - [`spawn_health_checks`] runs a pool's active checks; [`PoolRegistry`] does all of the above for a whole
+//!   configuration (create, update and drop pools by name, start their checkers, render their health as
+//!   Prometheus metrics).
 //! - [`algorithm_from_operator`], [`persistence_from_operator`] and [`health_check_from_operator`] map the
 //!   load balancer operator's names (`ako.vmware.com` HTTPRule and HealthMonitor).
 //!
@@ -27,6 +29,8 @@
 //! Without the default `runtime` feature the crate is only the configuration types and the operator mapping
 //! (serde and http), for crates that carry or produce the settings.
 
+#![warn(missing_docs)]
+
 mod config;
 mod operator;
 
@@ -36,6 +40,8 @@ mod check;
 mod hash;
 #[cfg(feature = "runtime")]
 mod pool;
+#[cfg(feature = "runtime")]
+mod registry;
 
 pub use config::{
     Algorithm, BalanceConfig, DEFAULT_EXPECTED, DEFAULT_PERSISTENCE_COOKIE, HashKey, HealthCheck, HealthKind,
@@ -50,3 +56,5 @@ pub use operator::{
 pub use check::{HealthTask, spawn_health_checks};
 #[cfg(feature = "runtime")]
 pub use pool::{EndpointHealth, InFlightGuard, Outcome, Pick, PoolState, RequestInfo};
+#[cfg(feature = "runtime")]
+pub use registry::{PoolRegistry, PoolSpec};

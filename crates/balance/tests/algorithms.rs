@@ -115,7 +115,7 @@ fn power_of_two_choices_spreads_evenly_and_avoids_the_loaded_endpoint() {
     // Hold a request on endpoint 1: any pair holding it also holds an idle endpoint, which wins.
     let headers = HeaderMap::new();
     let request = RequestInfo { client_ip: client(1), headers: &headers };
-    let held = (0..10_000)
+    let _held = (0..10_000)
         .filter_map(|_| pool.pick(&request))
         .find(|pick| pick.endpoint == endpoint(1))
         .expect("endpoint 1 is picked at some point");
