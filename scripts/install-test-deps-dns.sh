@@ -5,7 +5,7 @@
 set -euo pipefail
 
 missing=0
-for tool in named dig dnsperf; do
+for tool in named dig dnsperf ip; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || missing=1
 done
 if [ "$missing" -eq 0 ]; then
@@ -18,7 +18,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 update
-apt-get -o DPkg::Lock::Timeout=600 install -y bind9 bind9-dnsutils dnsperf
+apt-get -o DPkg::Lock::Timeout=600 install -y bind9 bind9-dnsutils dnsperf iproute2
 # The package starts a system named on port 53 of every address where a service manager runs; the tests start
 # their own, so stop the packaged one if it is running (it would hold 127.0.0.x:53).
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet named 2>/dev/null; then

@@ -4,17 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
-command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
-  else
-    echo "missing: ${need_apt[*]} (install them with apt-get)" >&2
-    exit 1
-  fi
-fi
+# System packages the tests drive as real peers: openssl (an independent TLS client), pebble (ACME).
+scripts/install-test-deps.sh
+# The ACME tests must run, not skip, wherever this script runs.
+export PORTICO_REQUIRE_PEBBLE=1
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 

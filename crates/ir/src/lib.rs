@@ -5,6 +5,7 @@
 //! and take it by atomic swap. The IR is plain data so it can be printed (`portico translate`), compared in
 //! golden tests and served on the admin API. Private keys are wrapped in [`SecretPem`], which never prints.
 
+pub use portico_balance::BalanceConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -298,6 +299,9 @@ pub struct Pool {
     /// Speak HTTP/2 to the endpoints (h2c, or h2 over TLS): from the Service port's `appProtocol`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub http2: bool,
+    /// Algorithm, persistence and health checking (round robin, nothing else, by default).
+    #[serde(default, skip_serializing_if = "BalanceConfig::is_default")]
+    pub balance: BalanceConfig,
 }
 
 /// How to speak TLS to a pool's endpoints.

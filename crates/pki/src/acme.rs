@@ -52,6 +52,16 @@ pub enum AcmeError {
         /// What the sink said.
         message: String,
     },
+    /// The server refused a challenge answer (e.g. it got the wrong key authorization, or no answer).
+    #[error("{identifier}: {kind} challenge failed: {detail}")]
+    ChallengeFailed {
+        /// The name being authorized.
+        identifier: String,
+        /// The challenge kind.
+        kind: ChallengeKind,
+        /// The server's explanation.
+        detail: String,
+    },
     /// The order did not become ready (a challenge failed, or it timed out).
     #[error("order for {names:?} is {status}: {detail}")]
     OrderFailed {
@@ -277,18 +287,44 @@ impl AcmeAccount {
                 dns_value: key_authorization.dns_value(),
             };
             sink.publish(&challenge).map_err(|message| AcmeError::Publish {
-                identifier,
+                identifier: identifier.clone(),
                 kind: sink.kind(),
                 message,
             })?;
             published.push(challenge);
-            handle.set_ready().await.map_err(server)?;
+            handle.set_ready().await.map_err(|e| match e {
+                instant_acme::Error::Api(problem) => AcmeError::ChallengeFailed {
+                    identifier: identifier.clone(),
+                    kind: sink.kind(),
+                    detail: problem.to_string(),
+                },
+                other => server(other),
+            })?;
         }
         let retry = RetryPolicy::new().timeout(timeout);
-        let status = order.poll_ready(&retry).await.map_err(server)?;
+        // instant-acme reports an order carrying a problem as an API error, and a plain invalid one as a status.
+        let (status, order_problem) = match order.poll_ready(&retry).await {
+            Ok(status) => (status, None),
+            Err(instant_acme::Error::Api(problem)) => (OrderStatus::Invalid, Some(problem.to_string())),
+            Err(other) => return Err(server(other)),
+        };
         if status != OrderStatus::Ready {
-            let detail =
-                order.state().error.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "no detail given".into());
+            // Say why: each failed challenge's problem (e.g. "connection refused"), then the order's if new.
+            let mut details = Vec::new();
+            let mut authorizations = order.authorizations();
+            while let Some(Ok(authz)) = authorizations.next().await {
+                let identifier = authz.identifier().to_string();
+                for problem in authz.challenges.iter().filter_map(|c| c.error.as_ref()) {
+                    details.push(format!("{identifier}: {problem}"));
+                }
+            }
+            let order_problems = order_problem.into_iter().chain(order.state().error.iter().map(ToString::to_string));
+            for problem in order_problems.collect::<Vec<_>>() {
+                if !details.iter().any(|d| d.contains(&problem)) {
+                    details.push(problem);
+                }
+            }
+            let detail = if details.is_empty() { "no detail given".to_string() } else { details.join("; ") };
             return Err(AcmeError::OrderFailed { names: names.to_vec(), status: format!("{status:?}"), detail });
         }
         let key = PrivateKey::generate(key_algorithm)?;

@@ -33,7 +33,7 @@ pub(crate) fn oid(arcs: &[u64]) -> Vec<u8> {
         tmp.reverse();
         content.extend_from_slice(&tmp);
     };
-    push(arcs[0] * 40 + arcs.get(1).copied().unwrap_or(0));
+    push(arcs.first().copied().unwrap_or(0) * 40 + arcs.get(1).copied().unwrap_or(0));
     for arc in arcs.iter().skip(2) {
         push(*arc);
     }

@@ -3,7 +3,7 @@
 //! - [`spec`]: the `cert-manager.io/v1` resources (Certificate, Issuer, ClusterIssuer).
 //! - [`ca`]: a CA issuer's key pair, validated with cert-manager's reasons (`KeyPairVerified`,
 //!   `ErrGetKeyPair`, `ErrInvalidKeyPair`), and its name constraints.
-//! - [`issue`]: issuing from a CA, renewal time and backoff.
+//! - [`mod@issue`]: issuing from a CA, renewal time and backoff.
 //! - [`secret`]: the Secret cert-manager would write (`tls.crt`, `tls.key`, `ca.crt`, annotations).
 //! - [`store`]: issued certificates persisted in the state dir (atomic writes, 0600), verified on load.
 //! - [`tool`]: the building blocks of `portico ca` (offline root, subordinate CSR, signing, issuer Secret).

@@ -11,13 +11,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portico_proxy::Metrics;
+use portico_proxy::{Metrics, Proxy};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Starts the admin server; returns the bound address.
-pub async fn serve(address: SocketAddr, view: Arc<ArcSwap<View>>, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    address: SocketAddr,
+    view: Arc<ArcSwap<View>>,
+    metrics: Arc<Metrics>,
+    proxy: Arc<Proxy>,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the admin endpoint on {address}: {e}"))?;
@@ -32,9 +37,10 @@ pub async fn serve(address: SocketAddr, view: Arc<ArcSwap<View>>, metrics: Arc<M
             };
             let view = view.clone();
             let metrics = metrics.clone();
+            let proxy = proxy.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    let response = route(&request, &view.load(), &metrics);
+                    let response = route(&request, &view.load(), &metrics, &proxy);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -53,15 +59,18 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     response
 }
 
-fn route(request: &Request<Incoming>, view: &View, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn route(request: &Request<Incoming>, view: &View, metrics: &Metrics, proxy: &Proxy) -> Response<Full<Bytes>> {
     const JSON: &str = "application/json";
     match request.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" if view.ready => respond(StatusCode::OK, "text/plain", "ready\n"),
         "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no configuration applied yet\n"),
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.render() + &proxy.pool_metrics()),
         "/api/status" => {
-            respond(StatusCode::OK, JSON, serde_json::to_vec_pretty(&view.status_json).unwrap_or_default())
+            // Per-endpoint health and load live in the proxy; the rest comes from the last translation.
+            let mut status = view.status_json.clone();
+            status["pools"] = proxy.pool_health();
+            respond(StatusCode::OK, JSON, serde_json::to_vec_pretty(&status).unwrap_or_default())
         }
         "/api/config" => {
             let body = serde_json::json!({ "generation": view.generation, "ir": &*view.ir });

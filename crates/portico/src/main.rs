@@ -224,7 +224,7 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     let metrics = Arc::new(Metrics::default());
     let proxy = Arc::new(Proxy::new(metrics.clone())?);
     let view = Arc::new(ArcSwap::from_pointee(controller::View::default()));
-    let admin = admin::serve(args.admin, view.clone(), metrics.clone()).await?;
+    let admin = admin::serve(args.admin, view.clone(), metrics.clone(), proxy.clone()).await?;
     tracing::info!(%admin, "admin endpoint");
     let provider = FileProvider::new(args.source.config.clone(), args.source.default_namespace.clone());
     let mut updates = provider.watch(Duration::from_millis(150))?;

@@ -7,7 +7,6 @@ use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 /// Everything the request path needs, for one configuration generation.
 pub struct Compiled {
@@ -178,11 +177,10 @@ pub enum CompiledAction {
     },
 }
 
-/// A pool and its round-robin position.
+/// A pool: its live balancing state (kept across swaps) and how to talk to it.
 pub struct CompiledPool {
     pub name: Arc<str>,
-    pub endpoints: Vec<SocketAddr>,
-    pub next: AtomicUsize,
+    pub state: Arc<portico_balance::PoolState>,
     /// The client for this pool's protocol (shared for plain pools, so connections outlive swaps).
     pub client: crate::upstream::HttpClient,
     /// `https` when re-encrypting, else `http`.
@@ -190,13 +188,10 @@ pub struct CompiledPool {
 }
 
 impl CompiledPool {
-    /// The next endpoint in round-robin order.
-    pub fn next_endpoint(&self) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let index = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[index])
+    /// An endpoint for a request, by the pool's algorithm, persistence and health; `None` when no endpoint
+    /// is healthy.
+    pub fn pick(&self, client_ip: std::net::IpAddr, headers: &http::HeaderMap) -> Option<portico_balance::Pick> {
+        self.state.pick(&portico_balance::RequestInfo { client_ip, headers })
     }
 }
 
@@ -208,7 +203,11 @@ pub struct SharedClients {
 
 impl Compiled {
     /// Compiles an IR. Fails only on what the translator should already have rejected.
-    pub fn new(ir: &Ir, shared: &SharedClients) -> Result<Self, ProxyError> {
+    pub fn new(
+        ir: &Ir,
+        shared: &SharedClients,
+        states: &HashMap<String, Arc<portico_balance::PoolState>>,
+    ) -> Result<Self, ProxyError> {
         let mut pools = HashMap::new();
         for (name, pool) in &ir.pools {
             let (client, scheme) = match &pool.tls {
@@ -223,8 +222,10 @@ impl Compiled {
                 name.clone(),
                 Arc::new(CompiledPool {
                     name: Arc::from(name.as_str()),
-                    endpoints: pool.endpoints.clone(),
-                    next: AtomicUsize::new(0),
+                    state: match states.get(name) {
+                        Some(state) => state.clone(),
+                        None => portico_balance::PoolState::new(name, pool.endpoints.clone(), pool.balance.clone()),
+                    },
                     client,
                     scheme,
                 }),

@@ -10,6 +10,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
+use portico_balance::{Outcome, Pick};
 use portico_ir::{Filter, HeaderEdits, PathRewrite, Redirect};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -337,9 +338,10 @@ async fn forward(
             let backoff = retry.map_or(0, |r| r.backoff_ms) << (attempt - 1).min(6);
             tokio::time::sleep(Duration::from_millis(backoff)).await;
         }
-        let Some(endpoint) = pool.next_endpoint() else {
-            return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "no endpoint available for this route");
+        let Some(pick) = pool.pick(peer.ip(), &parts.headers) else {
+            return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this route");
         };
+        let endpoint = pick.endpoint;
         let Ok(uri) = format!("{}://{endpoint}{path_and_query}", pool.scheme).parse::<Uri>() else {
             return local(StatusCode::BAD_REQUEST, "bad request path\n");
         };
@@ -362,14 +364,17 @@ async fn forward(
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();
+                let outcome = if status >= 500 { Outcome::Status5xx } else { Outcome::Success };
+                pool.state.report(endpoint, outcome);
                 if attempt + 1 < attempts && retry.is_some_and(|r| r.codes.contains(&status)) {
                     last_status = Some(status);
                     continue;
                 }
-                return finish(shared, pool, response, downstream_upgrade);
+                return finish(pool, response, downstream_upgrade, pick, scheme);
             }
             Err(failure) => {
                 let kind = failure.kind();
+                pool.state.report(endpoint, if kind == "timeout" { Outcome::Timeout } else { Outcome::ConnectError });
                 shared.metrics.upstream_error(&pool.name, kind);
                 tracing::warn!(pool = %pool.name, %endpoint, error = %failure, "upstream request failed");
                 let retryable =
@@ -415,18 +420,20 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Passes the backend's response on; for a switched protocol (101), joins the two upgraded connections.
+/// Passes the backend's response on; for a switched protocol (101), joins the two upgraded connections. The
+/// endpoint counts as busy (least connections) until the response body is done, and a newly pinned client
+/// gets its persistence cookie.
 fn finish(
-    shared: &Shared,
     pool: &CompiledPool,
     mut response: Response<Incoming>,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pick: Pick,
+    scheme: &str,
 ) -> Response<ProxyBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(downstream) = downstream_upgrade {
         let upstream = hyper::upgrade::on(&mut response);
         let pool_name = pool.name.clone();
-        let _ = shared;
         tokio::spawn(async move {
             match tokio::try_join!(downstream, upstream) {
                 Ok((down, up)) => {
@@ -442,6 +449,17 @@ fn finish(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
+    let Pick { guard, set_cookie, .. } = pick;
+    if let Some(cookie) = set_cookie {
+        let cookie = if scheme == "https" { format!("{cookie}; Secure") } else { cookie };
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            parts.headers.append(http::header::SET_COOKIE, value);
+        }
+    }
+    let body = body.map_frame(move |frame| {
+        let _busy = &guard;
+        frame
+    });
     Response::from_parts(parts, body.boxed())
 }
 

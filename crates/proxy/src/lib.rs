@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub state: Arc<ArcSwap<Compiled>>,
     pub metrics: Arc<Metrics>,
     pub clients: compile::SharedClients,
+    /// Live state of every pool (health, in-flight counts), kept across configuration swaps.
+    pub pools: portico_balance::PoolRegistry,
     pub graceful: Mutex<Option<GracefulShutdown>>,
 }
 
@@ -62,6 +64,7 @@ impl Proxy {
                     h2c: upstream::plain_client(true)?,
                 },
                 graceful: Mutex::new(Some(GracefulShutdown::new())),
+                pools: portico_balance::PoolRegistry::new(),
             }),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
         })
@@ -71,7 +74,16 @@ impl Proxy {
     /// swapped in, and sockets are opened and closed to match. Sockets that cannot be opened are reported;
     /// the rest of the configuration is served.
     pub async fn apply(&self, ir: &Ir, generation: u64) -> Result<Vec<ProxyError>, ProxyError> {
-        let compiled = Compiled::new(ir, &self.shared.clients)?;
+        for pool in ir.pools.values() {
+            pool.balance.validate().map_err(|e| ProxyError::Config(format!("pool {}: {e}", pool.name)))?;
+        }
+        let specs = ir.pools.values().map(|p| portico_balance::PoolSpec {
+            name: p.name.clone(),
+            endpoints: p.endpoints.iter().map(|e| (*e, 1)).collect(),
+            config: p.balance.clone(),
+        });
+        let states = self.shared.pools.sync(specs);
+        let compiled = Compiled::new(ir, &self.shared.clients, &states)?;
         let wanted: HashMap<SocketAddr, portico_ir::Protocol> =
             compiled.listeners.iter().map(|(a, l)| (*a, l.protocol)).collect();
         self.shared.state.store(Arc::new(compiled));
@@ -103,6 +115,16 @@ impl Proxy {
             }
         }
         Ok(errors)
+    }
+
+    /// Health and load of every endpoint of every pool, for the admin API.
+    pub fn pool_health(&self) -> serde_json::Value {
+        serde_json::to_value(self.shared.pools.health()).unwrap_or_default()
+    }
+
+    /// Per-endpoint metrics (health, in-flight, requests) in the Prometheus text format.
+    pub fn pool_metrics(&self) -> String {
+        self.shared.pools.render_metrics()
     }
 
     /// The addresses being listened on.

@@ -237,14 +237,16 @@ where
         tracing::debug!(route = %route.name, %peer, "TLS route has no valid backend");
         return;
     };
-    let Some(endpoint) = pool.next_endpoint() else {
-        tracing::debug!(route = %route.name, %peer, "TLS route's pool has no endpoint");
+    let Some(pick) = pool.pick(peer.ip(), &http::HeaderMap::new()) else {
+        tracing::debug!(route = %route.name, %peer, "TLS route's pool has no healthy endpoint");
         return;
     };
+    let endpoint = pick.endpoint;
     let mut upstream =
         match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(endpoint)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(error)) => {
+                pool.state.report(endpoint, portico_balance::Outcome::ConnectError);
                 shared.metrics.upstream_error(&pool.name, "connect");
                 tracing::warn!(pool = %pool.name, %endpoint, %error, "cannot reach the TLS route's backend");
                 return;
@@ -255,9 +257,12 @@ where
             }
         };
     let _ = upstream.set_nodelay(true);
+    pool.state.report(endpoint, portico_balance::Outcome::Success);
+    // The pick's guard counts this connection as in flight until the relay ends.
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(route = %route.name, %error, "relay ended");
     }
+    drop(pick);
 }
 
 async fn serve<I>(shared: Arc<Shared>, io: I, local: SocketAddr, peer: SocketAddr, scheme: &'static str)

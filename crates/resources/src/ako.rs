@@ -83,3 +83,15 @@ pub struct HttpRuleTls {
     #[serde(rename = "destinationCA", default, skip_serializing_if = "Option::is_none")]
     pub destination_ca: Option<String>,
 }
+
+/// `HealthMonitor` (`ako.vmware.com/v1alpha1`): the operator's health monitor, referred to by name from
+/// HTTPRule `paths[].healthMonitors`. The spec is kept raw; the translator maps the fields it honours and
+/// reports the rest.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthMonitor {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}

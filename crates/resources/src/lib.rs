@@ -8,6 +8,7 @@
 pub mod ako;
 pub mod gateway;
 mod load;
+pub mod policy;
 pub mod status;
 
 pub use load::{ParsedFile, parse_manifests};
@@ -56,6 +57,8 @@ pub enum Kind {
     GrpcRoute,
     #[serde(rename = "BackendTLSPolicy")]
     BackendTlsPolicy,
+    HealthMonitor,
+    BackendPolicy,
 }
 
 impl Kind {
@@ -79,6 +82,8 @@ impl Kind {
             ("gateway.networking.k8s.io", "TLSRoute") => Kind::TlsRoute,
             ("gateway.networking.k8s.io", "GRPCRoute") => Kind::GrpcRoute,
             ("gateway.networking.k8s.io", "BackendTLSPolicy") => Kind::BackendTlsPolicy,
+            ("ako.vmware.com", "HealthMonitor") => Kind::HealthMonitor,
+            ("portico.dev", "BackendPolicy") => Kind::BackendPolicy,
             _ => return None,
         };
         Some(found)
@@ -103,6 +108,8 @@ impl Kind {
             Kind::TlsRoute => "TLSRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
+            Kind::HealthMonitor => "HealthMonitor",
+            Kind::BackendPolicy => "BackendPolicy",
         }
     }
 
@@ -181,6 +188,8 @@ pub enum Resource {
     TlsRoute(gateway::TlsRoute),
     GrpcRoute(gateway::GrpcRoute),
     BackendTlsPolicy(gateway::BackendTlsPolicy),
+    HealthMonitor(ako::HealthMonitor),
+    BackendPolicy(policy::BackendPolicy),
 }
 
 /// Where an object was read from: the file, the line its document starts on, and the document's text (kept
@@ -315,6 +324,8 @@ pub struct Snapshot {
     pub tls_routes: BTreeMap<ObjectKey, gateway::TlsRoute>,
     pub grpc_routes: BTreeMap<ObjectKey, gateway::GrpcRoute>,
     pub backend_tls_policies: BTreeMap<ObjectKey, gateway::BackendTlsPolicy>,
+    pub health_monitors: BTreeMap<ObjectKey, ako::HealthMonitor>,
+    pub backend_policies: BTreeMap<ObjectKey, policy::BackendPolicy>,
     /// Where each object came from, when it came from a file.
     pub sources: BTreeMap<ResourceRef, Source>,
 }
@@ -343,6 +354,8 @@ impl Resource {
             Resource::TlsRoute(_) => Kind::TlsRoute,
             Resource::GrpcRoute(_) => Kind::GrpcRoute,
             Resource::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
+            Resource::HealthMonitor(_) => Kind::HealthMonitor,
+            Resource::BackendPolicy(_) => Kind::BackendPolicy,
         }
     }
 
@@ -365,6 +378,8 @@ impl Resource {
             Resource::TlsRoute(o) => &o.metadata,
             Resource::GrpcRoute(o) => &o.metadata,
             Resource::BackendTlsPolicy(o) => &o.metadata,
+            Resource::HealthMonitor(o) => &o.metadata,
+            Resource::BackendPolicy(o) => &o.metadata,
         }
     }
 
@@ -396,6 +411,8 @@ impl Snapshot {
             Resource::TlsRoute(o) => drop(self.tls_routes.insert(key, o)),
             Resource::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
             Resource::BackendTlsPolicy(o) => drop(self.backend_tls_policies.insert(key, o)),
+            Resource::HealthMonitor(o) => drop(self.health_monitors.insert(key, o)),
+            Resource::BackendPolicy(o) => drop(self.backend_policies.insert(key, o)),
         }
         match source {
             Some(source) => drop(self.sources.insert(reference, source)),
@@ -424,6 +441,8 @@ impl Snapshot {
             Kind::TlsRoute => self.tls_routes.remove(key).map(Resource::TlsRoute),
             Kind::GrpcRoute => self.grpc_routes.remove(key).map(Resource::GrpcRoute),
             Kind::BackendTlsPolicy => self.backend_tls_policies.remove(key).map(Resource::BackendTlsPolicy),
+            Kind::HealthMonitor => self.health_monitors.remove(key).map(Resource::HealthMonitor),
+            Kind::BackendPolicy => self.backend_policies.remove(key).map(Resource::BackendPolicy),
         }
     }
 
@@ -447,6 +466,8 @@ impl Snapshot {
             Kind::TlsRoute => self.tls_routes.get(key).cloned().map(Resource::TlsRoute),
             Kind::GrpcRoute => self.grpc_routes.get(key).cloned().map(Resource::GrpcRoute),
             Kind::BackendTlsPolicy => self.backend_tls_policies.get(key).cloned().map(Resource::BackendTlsPolicy),
+            Kind::HealthMonitor => self.health_monitors.get(key).cloned().map(Resource::HealthMonitor),
+            Kind::BackendPolicy => self.backend_policies.get(key).cloned().map(Resource::BackendPolicy),
         }
     }
 
@@ -483,6 +504,8 @@ impl Snapshot {
             + self.tls_routes.len()
             + self.grpc_routes.len()
             + self.backend_tls_policies.len()
+            + self.health_monitors.len()
+            + self.backend_policies.len()
     }
 
     /// Whether the snapshot holds no object.

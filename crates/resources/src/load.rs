@@ -222,6 +222,8 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
         Kind::TlsRoute => typed(value).map(Resource::TlsRoute),
         Kind::GrpcRoute => typed(value).map(Resource::GrpcRoute),
         Kind::BackendTlsPolicy => typed(value).map(Resource::BackendTlsPolicy),
+        Kind::HealthMonitor => typed(value).map(Resource::HealthMonitor),
+        Kind::BackendPolicy => typed(value).map(Resource::BackendPolicy),
     };
     resource.map_or_else(fail, |r| Decoded::Resource(Box::new(r)))
 }

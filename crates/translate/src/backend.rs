@@ -78,7 +78,11 @@ pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>
             service_port.app_protocol.as_deref(),
             Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2" | "kubernetes.io/h2")
         );
-        cx.out.ir.pools.insert(pool_name.clone(), Pool { name: pool_name.clone(), endpoints, tls, http2 });
+        let mut balance = portico_balance::BalanceConfig::default();
+        if let Some(settings) = cx.policies.get("Service", key) {
+            settings.apply(&mut balance);
+        }
+        cx.out.ir.pools.insert(pool_name.clone(), Pool { name: pool_name.clone(), endpoints, tls, http2, balance });
     }
     Ok(pool_name)
 }

@@ -64,6 +64,7 @@ fn compile_grpc_rule(
         backend_refs: &rule.backend_refs,
         timeouts: Timeouts::default(),
         retry: None,
+        session: rule.session_persistence.as_ref(),
     };
     let mut compiled = finish_rule(cx, reference, matches, parts, errors, problems)?;
     // gRPC needs HTTP/2 to the backend whatever the Service's appProtocol says.

@@ -1,10 +1,11 @@
 //! The operator's HostRule and HTTPRule, applied to virtual hosts whatever API made them (Ingress or
 //! HTTPRoute): aliases, enabling, and re-encryption to the pool.
 
+use crate::policy::BalanceOverride;
 use crate::{Context, ok};
 use portico_ir::{Action, PathMatch, UpstreamTls};
 use portico_resources::status::{Condition, ResourceStatus};
-use portico_resources::{Kind, ResourceRef};
+use portico_resources::{Kind, ObjectKey, ResourceRef};
 
 /// HostRule fields that name objects inside the vendor's controller; Portico reports them instead of
 /// silently dropping them.
@@ -94,69 +95,136 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
     }
 }
 
-/// HTTPRule `paths[].tls.type: reencrypt`: the pools behind matching routes of the FQDN speak TLS, verified
-/// against `destinationCA` (or the system's CAs).
+/// The balancing an HTTPRule path asks for: `loadBalancerPolicy`, `applicationPersistence` and
+/// `healthMonitors` (names of HealthMonitor resources). Errors and unsupported fields become remarks.
+fn http_rule_balance(
+    cx: &mut Context<'_>,
+    reference: &ResourceRef,
+    index: usize,
+    path: &portico_resources::ako::HttpRulePath,
+    remarks: &mut Vec<String>,
+) -> BalanceOverride {
+    let mut settings = BalanceOverride::default();
+    let at = |field: &str| format!("spec.paths[{index}].{field}");
+    for (field, value) in &path.other {
+        let result: Result<(), String> = match field.as_str() {
+            "loadBalancerPolicy" => {
+                let algorithm = value.get("algorithm").and_then(|v| v.as_str()).unwrap_or("LB_ALGORITHM_ROUND_ROBIN");
+                let hash = value.get("hash").and_then(|v| v.as_str());
+                let header = value.get("hostHeader").and_then(|v| v.as_str());
+                portico_balance::algorithm_from_operator(algorithm, hash, header).map(|a| settings.algorithm = Some(a))
+            }
+            "applicationPersistence" => match value.as_str() {
+                Some(name) => portico_balance::persistence_from_operator(name).map(|p| settings.persistence = Some(p)),
+                None => Err("must be a persistence profile name".into()),
+            },
+            "healthMonitors" => {
+                let names: Vec<&str> = value.as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+                match names.first() {
+                    None => Ok(()),
+                    Some(name) => {
+                        if names.len() > 1 {
+                            remarks.push(format!("paths[{index}].healthMonitors: only the first ({name}) is used"));
+                        }
+                        let key = ObjectKey::new(&reference.key.namespace, *name);
+                        match cx.snapshot.health_monitors.get(&key) {
+                            None => Err(format!("HealthMonitor {key} does not exist")),
+                            Some(monitor) => {
+                                serde_json::from_value::<portico_balance::OperatorHealthMonitor>(monitor.spec.clone())
+                                    .map_err(|e| format!("HealthMonitor {key}: {e}"))
+                                    .and_then(|m| portico_balance::health_check_from_operator(&m))
+                                    .map(|(check, ignored)| {
+                                        for field in ignored {
+                                            remarks.push(format!("HealthMonitor {key}: {field} not honoured"));
+                                        }
+                                        settings.health = Some(check);
+                                    })
+                            }
+                        }
+                    }
+                }
+            }
+            other => Err(format!("{other} is not honoured")),
+        };
+        if let Err(message) = result {
+            cx.warning(reference, at(field), message.clone());
+            remarks.push(format!("paths[{index}].{field}: {message}"));
+        }
+    }
+    settings
+}
+
+/// HTTPRule paths: the pools behind matching routes of the FQDN (and its HostRule aliases) get the path's
+/// settings: re-encryption (`tls.type: reencrypt`, verified against `destinationCA` or the system's CAs) and
+/// balancing. Unlike the operator, which applies HTTPRules to Ingress paths only, Portico applies them to every
+/// route of the FQDN: Ingress, HTTPRoute and GRPCRoute alike.
 fn apply_http_rules(cx: &mut Context<'_>) {
     let rules: Vec<_> = cx.snapshot.http_rules.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (key, rule) in rules {
-        let reference = ResourceRef { kind: Kind::HttpRule, key };
+        let reference = ResourceRef { kind: Kind::HttpRule, key: key.clone() };
         let generation = rule.metadata.generation;
         let mut remarks = Vec::new();
         for (i, path) in rule.spec.paths.iter().enumerate() {
-            for field in path.other.keys() {
-                cx.warning(&reference, format!("spec.paths[{i}].{field}"), "is not honoured yet");
-                remarks.push(format!("paths[{i}].{field} not honoured yet"));
-            }
-            let Some(tls) = &path.tls else { continue };
-            if tls.kind != "reencrypt" {
-                cx.error(&reference, format!("spec.paths[{i}].tls.type"), format!("{:?} is not reencrypt", tls.kind));
+            let balance = http_rule_balance(cx, &reference, i, path, &mut remarks);
+            let upstream = match &path.tls {
+                Some(tls) if tls.kind != "reencrypt" => {
+                    cx.error(
+                        &reference,
+                        format!("spec.paths[{i}].tls.type"),
+                        format!("{:?} is not reencrypt", tls.kind),
+                    );
+                    continue;
+                }
+                Some(tls) => Some(UpstreamTls {
+                    server_name: None,
+                    ca_pem: tls.destination_ca.clone(),
+                    subject_alt_names: Vec::new(),
+                }),
+                None => None,
+            };
+            if upstream.is_none() && balance.is_empty() {
                 continue;
             }
-            let upstream =
-                UpstreamTls { server_name: None, ca_pem: tls.destination_ca.clone(), subject_alt_names: Vec::new() };
-            // The FQDN's virtual host includes its HostRule aliases: they share its settings.
             let mut names = vec![rule.spec.fqdn.clone()];
             for host_rule in cx.snapshot.host_rules.values() {
                 if host_rule.spec.virtualhost.fqdn == rule.spec.fqdn {
                     names.extend(host_rule.spec.virtualhost.aliases.iter().cloned());
                 }
             }
+            let suffix = format!("{}/{i}", key.name);
             let mut pools = Vec::new();
             for listener in cx.routes.listeners_mut() {
                 let routes =
                     listener.hosts.iter_mut().filter(|(host, _)| names.contains(host)).flat_map(|(_, r)| r.iter_mut());
-                for ranked in routes {
-                    let route = &mut ranked.route;
-                    // Unlike the operator, which applies HTTPRules to Ingress paths only, Portico applies them to
-                    // every route of the FQDN: Ingress, HTTPRoute and GRPCRoute alike.
-                    if !under(&route.matcher.path, &path.target) {
-                        continue;
-                    }
-                    if let Action::Forward(backends) = &mut route.action {
+                for ranked in routes.filter(|r| under(&r.route.matcher.path, &path.target)) {
+                    if let Action::Forward(backends) = &mut ranked.route.action {
                         for backend in backends.iter_mut() {
-                            if let Some(pool) = backend.pool.as_ref().filter(|p| !p.ends_with("+tls")) {
-                                let tls_pool = format!("{pool}+tls");
-                                pools.push((pool.clone(), tls_pool.clone()));
-                                backend.pool = Some(tls_pool);
+                            if let Some(pool) = backend.pool.as_ref().filter(|p| !p.ends_with(&suffix)) {
+                                let variant = format!("{pool}+{suffix}");
+                                pools.push((pool.clone(), variant.clone()));
+                                backend.pool = Some(variant);
                             }
                         }
                     }
                 }
             }
             if pools.is_empty() {
-                remarks.push(format!("paths[{i}].tls: no route of {} under {}", rule.spec.fqdn, path.target));
-            } else if tls.destination_ca.is_none() {
+                remarks.push(format!("paths[{i}]: no route of {} under {}", rule.spec.fqdn, path.target));
+            } else if path.tls.as_ref().is_some_and(|t| t.destination_ca.is_none()) {
                 cx.warning(
                     &reference,
                     format!("spec.paths[{i}].tls"),
                     "no destinationCA: the backend's certificate is verified against the system's CAs",
                 );
             }
-            for (plain, encrypted) in pools {
+            for (plain, variant) in pools {
                 if let Some(mut pool) = cx.out.ir.pools.get(&plain).cloned() {
-                    pool.name = encrypted.clone();
-                    pool.tls = Some(upstream.clone());
-                    cx.out.ir.pools.insert(encrypted, pool);
+                    pool.name = variant.clone();
+                    if upstream.is_some() {
+                        pool.tls = upstream.clone();
+                    }
+                    balance.apply(&mut pool.balance);
+                    cx.out.ir.pools.insert(variant, pool);
                 }
             }
         }

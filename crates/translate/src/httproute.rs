@@ -170,7 +170,14 @@ fn compile_rule(
         codes: r.codes.iter().filter_map(|c| u16::try_from(*c).ok()).filter(|c| (500..600).contains(c)).collect(),
         backoff_ms: duration_field(r.backoff.as_deref(), &at(".retry.backoff".into()), &mut errors).unwrap_or(25),
     });
-    let parts = RuleParts { index, filters: &rule.filters, backend_refs: &rule.backend_refs, timeouts, retry };
+    let parts = RuleParts {
+        index,
+        filters: &rule.filters,
+        backend_refs: &rule.backend_refs,
+        timeouts,
+        retry,
+        session: rule.session_persistence.as_ref(),
+    };
     finish_rule(cx, reference, matches, parts, errors, problems)
 }
 
@@ -181,6 +188,7 @@ pub struct RuleParts<'a> {
     pub backend_refs: &'a [HttpBackendRef],
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
+    pub session: Option<&'a portico_resources::gateway::SessionPersistence>,
 }
 
 /// Compiles a rule's filters and backends (the part HTTPRoute and GRPCRoute share). A rule with any error
@@ -285,6 +293,23 @@ pub fn finish_rule(
             }
         }
     };
+
+    // Balancing: a BackendPolicy on the route, then the rule's sessionPersistence (see crate::policy).
+    let mut action = action;
+    let route_key = &reference.key;
+    if let Some(settings) = cx.policies.get(reference.kind.as_str(), route_key).cloned() {
+        let suffix = format!("{}/{}", reference.kind.as_str().to_ascii_lowercase(), route_key.name);
+        crate::policy::apply_to_action(cx, &mut action, &settings, &suffix);
+    }
+    if let Some(session) = parts.session {
+        match crate::policy::session_persistence(session) {
+            Ok(settings) => {
+                let suffix = format!("session/{}/{index}", route_key.name);
+                crate::policy::apply_to_action(cx, &mut action, &settings, &suffix);
+            }
+            Err(message) => errors.push((at(".sessionPersistence".into()), message)),
+        }
+    }
 
     if errors.is_empty() {
         Some(CompiledRule { matches, filters, action, timeouts: parts.timeouts, retry: parts.retry })

@@ -15,6 +15,7 @@ mod hostname;
 mod hostrule;
 mod httproute;
 mod ingress;
+mod policy;
 mod refgrant;
 mod route;
 mod tls;
@@ -112,8 +113,10 @@ pub fn translate(snapshot: &Snapshot, options: &TranslateOptions) -> Translation
         out: Translation::default(),
         routes: assemble::RouteTable::default(),
         backend_tls: BTreeMap::new(),
+        policies: policy::PolicyIndex::default(),
     };
     backend::translate_backend_tls_policies(&mut cx);
+    cx.policies = policy::index_backend_policies(&mut cx);
     let mut gateways = gateway::translate_gateways(&mut cx);
     httproute::translate_http_routes(&mut cx, &mut gateways);
     grpcroute::translate_grpc_routes(&mut cx, &mut gateways);
@@ -142,6 +145,8 @@ pub(crate) struct Context<'a> {
     pub routes: assemble::RouteTable,
     /// Upstream TLS from BackendTLSPolicies, by target Service and optional port name.
     pub backend_tls: BTreeMap<(portico_resources::ObjectKey, Option<String>), portico_ir::UpstreamTls>,
+    /// BackendPolicies by target.
+    pub policies: policy::PolicyIndex,
 }
 
 impl Context<'_> {
