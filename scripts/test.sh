@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests drive as real peers: openssl (an independent TLS client), pebble (ACME).
 scripts/install-test-deps.sh
-# The ACME tests must run, not skip, wherever this script runs.
-export PORTICO_REQUIRE_PEBBLE=1
+# BIND 9, dig and dnsperf: the DNS tests' corporate DNS, resolver and load generator.
+scripts/install-test-deps-dns.sh
+# The ACME and DNS tests must run, not skip, wherever this script runs.
+export PORTICO_REQUIRE_PEBBLE=1 PORTICO_REQUIRE_DNS_TOOLS=1
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 

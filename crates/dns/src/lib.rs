@@ -15,6 +15,7 @@ mod error;
 mod model;
 mod plan;
 mod registry;
+mod runner;
 mod server;
 mod signer;
 mod sync;
@@ -26,6 +27,7 @@ pub use plan::{
     RrSet, ZoneState, compute_plan,
 };
 pub use registry::{OWNER_LABEL, RESOURCE_LABEL, TxtRegistry, parse_labels, serialize_labels};
+pub use runner::{SyncLoop, SyncLoopStatus};
 pub use server::{DnsServer, DnsServerHandle, UpdateReport, ZoneView};
 pub use signer::{BoxFuture, MessageSigner, ResponseVerifier, SignedRequest, TsigAlg, TsigKey, TsigSigner, Unsigned};
 pub use sync::{ApplyReport, RetryPolicy, SyncConfig, SyncReport, Syncer, parse_kinds, statuses_after_error};

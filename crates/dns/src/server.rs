@@ -10,10 +10,16 @@ use arc_swap::ArcSwap;
 use hickory_net::runtime::{Time, TokioRuntimeProvider};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
+use hickory_proto::rr::{RecordType, TSigResponseContext};
 use hickory_server::Server;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use hickory_server::zone_handler::{
+    AuthLookup, AxfrPolicy, Catalog, LookupControlFlow, LookupError, LookupOptions, Nsec3QueryInfo, ZoneHandler,
+    ZoneTransfer, ZoneType,
+};
+use std::collections::BTreeSet;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -133,8 +139,7 @@ impl DnsServerHandle {
     pub fn update(&self, records: &[DesiredRecord]) -> UpdateReport {
         let mut state = self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut report = UpdateReport::default();
-        let mut contents: Vec<BTreeMap<(String, RecordKind), (u32, Vec<String>)>> =
-            vec![BTreeMap::new(); state.zones.len()];
+        let mut contents: Vec<ZoneContent> = vec![BTreeMap::new(); state.zones.len()];
         let mut sources: BTreeMap<(usize, String, RecordKind), Vec<DesiredRecord>> = BTreeMap::new();
 
         for record in records {
@@ -266,10 +271,13 @@ struct ServerState {
     zones: Vec<ZoneData>,
 }
 
+/// A zone's records besides SOA and NS: TTL and sorted values by name and type.
+type ZoneContent = BTreeMap<(String, RecordKind), (u32, Vec<String>)>;
+
 struct ZoneData {
     config: ZoneConfig,
     serial: u32,
-    content: BTreeMap<(String, RecordKind), (u32, Vec<String>)>,
+    content: ZoneContent,
 }
 
 /// Hands each request to the catalog current when it arrived.
@@ -342,7 +350,7 @@ fn validate_zones(zones: Vec<ZoneConfig>) -> Result<Vec<ZoneConfig>, ServerError
 fn build_catalog(zones: &[ZoneData]) -> Catalog {
     let mut catalog = Catalog::new();
     for zone in zones {
-        let handler = build_zone(zone);
+        let handler = PorticoZone::new(zone, build_zone(zone));
         catalog.upsert(LowerName::new(&fqdn(&zone.config.origin)), vec![Arc::new(handler) as Arc<dyn ZoneHandler>]);
     }
     catalog
@@ -391,6 +399,122 @@ fn build_zone(zone: &ZoneData) -> InMemoryZoneHandler<TokioRuntimeProvider> {
         }
     }
     handler
+}
+
+/// hickory's in-memory zone, with RFC 4592 wildcard semantics for other types: a name that only a wildcard
+/// matches exists, so a query for a type the wildcard lacks is NODATA, not NXDOMAIN.
+struct PorticoZone {
+    inner: InMemoryZoneHandler<TokioRuntimeProvider>,
+    /// Every owner name and its ancestors up to the origin (empty non-terminals exist too).
+    existing: BTreeSet<LowerName>,
+    origin: LowerName,
+}
+
+impl PorticoZone {
+    fn new(zone: &ZoneData, inner: InMemoryZoneHandler<TokioRuntimeProvider>) -> Self {
+        let origin = LowerName::new(&fqdn(&zone.config.origin));
+        let mut existing = BTreeSet::new();
+        existing.insert(origin.clone());
+        for (name, _) in zone.content.keys() {
+            let mut n = LowerName::new(&fqdn(name));
+            while origin.zone_of(&n) && existing.insert(n.clone()) && n != origin {
+                n = n.base_name();
+            }
+        }
+        PorticoZone { inner, existing, origin }
+    }
+
+    /// Whether `name` does not exist but a wildcard at its closest encloser matches it.
+    fn wildcard_matches(&self, name: &LowerName) -> bool {
+        if self.existing.contains(name) || !self.origin.zone_of(name) {
+            return false;
+        }
+        let mut encloser = name.base_name();
+        while !self.existing.contains(&encloser) {
+            if encloser == self.origin || encloser.is_root() {
+                return false;
+            }
+            encloser = encloser.base_name();
+        }
+        Name::from(&encloser)
+            .prepend_label("*")
+            .is_ok_and(|wildcard| self.existing.contains(&LowerName::new(&wildcard)))
+    }
+
+    fn fix_nodata(&self, name: &LowerName, flow: LookupControlFlow<AuthLookup>) -> LookupControlFlow<AuthLookup> {
+        match flow {
+            LookupControlFlow::Continue(Err(e)) if e.is_nx_domain() && self.wildcard_matches(name) => {
+                LookupControlFlow::Continue(Err(LookupError::NameExists))
+            }
+            LookupControlFlow::Break(Err(e)) if e.is_nx_domain() && self.wildcard_matches(name) => {
+                LookupControlFlow::Break(Err(LookupError::NameExists))
+            }
+            other => other,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ZoneHandler for PorticoZone {
+    fn zone_type(&self) -> ZoneType {
+        self.inner.zone_type()
+    }
+
+    fn axfr_policy(&self) -> AxfrPolicy {
+        self.inner.axfr_policy()
+    }
+
+    fn origin(&self) -> &LowerName {
+        self.inner.origin()
+    }
+
+    async fn lookup(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        request_info: Option<&hickory_server::server::RequestInfo<'_>>,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        let flow = self.inner.lookup(name, rtype, request_info, lookup_options).await;
+        self.fix_nodata(name, flow)
+    }
+
+    async fn search(
+        &self,
+        request: &Request,
+        lookup_options: LookupOptions,
+    ) -> (LookupControlFlow<AuthLookup>, Option<TSigResponseContext>) {
+        let (flow, tsig) = self.inner.search(request, lookup_options).await;
+        match request.request_info() {
+            Ok(info) => (self.fix_nodata(info.query.name(), flow), tsig),
+            Err(_) => (flow, tsig),
+        }
+    }
+
+    async fn nsec_records(&self, name: &LowerName, lookup_options: LookupOptions) -> LookupControlFlow<AuthLookup> {
+        self.inner.nsec_records(name, lookup_options).await
+    }
+
+    async fn nsec3_records(
+        &self,
+        info: Nsec3QueryInfo<'_>,
+        lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        self.inner.nsec3_records(info, lookup_options).await
+    }
+
+    async fn zone_transfer(
+        &self,
+        request: &Request,
+        lookup_options: LookupOptions,
+        now: u64,
+    ) -> Option<(Result<ZoneTransfer, LookupError>, Option<TSigResponseContext>)> {
+        self.inner.zone_transfer(request, lookup_options, now).await
+    }
+
+    fn nx_proof_kind(&self) -> Option<&NxProofKind> {
+        self.inner.nx_proof_kind()
+    }
 }
 
 #[cfg(test)]

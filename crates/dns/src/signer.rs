@@ -220,4 +220,28 @@ mod tests {
         assert!("hmac-md5".parse::<TsigAlg>().unwrap_err().contains("unsupported"));
         assert_eq!("HMAC-SHA384.".parse::<TsigAlg>().unwrap(), TsigAlg::HmacSha384);
     }
+
+    /// What BIND sends for a wrong key: an unsigned error response whose TSIG has an empty MAC. hickory's
+    /// verifier calls that a "truncated HMAC"; the verifier says what it means instead.
+    #[tokio::test]
+    async fn an_unsigned_badsig_answer_is_explained() {
+        use hickory_proto::op::{MessageType, OpCode, ResponseCode};
+        use hickory_proto::rr::rdata::tsig::{TSIG, TsigError, make_tsig_record};
+
+        let key = TsigKey::from_base64("portico-key", TsigAlg::HmacSha256, "c2VjcmV0c2VjcmV0").unwrap();
+        let signer = TsigSigner::new(key).unwrap();
+        let request = Message::query();
+        let id = request.metadata.id;
+        let server: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let mut verifier = signer.sign(server, request).await.unwrap().verifier.expect("a verifier");
+
+        let mut response = Message::new(id, MessageType::Response, OpCode::Query);
+        response.metadata.response_code = ResponseCode::NotAuth;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let tsig = TSIG::new(TsigAlgorithm::HmacSha256, now, 300, vec![], id, Some(TsigError::BadSig), vec![]);
+        response.set_signature(Box::new(make_tsig_record(Name::from_ascii("portico-key.").unwrap(), tsig)));
+        let err = verifier.verify(&response.to_vec().unwrap()).unwrap_err();
+        assert!(err.contains("wrong TSIG key"), "{err}");
+        assert!(!err.contains("file an issue"), "{err}");
+    }
 }

@@ -25,6 +25,8 @@ const OP_UPDATE: &str = "update";
 
 /// Most messages read for one zone transfer (a bound on a misbehaving server).
 const MAX_AXFR_MESSAGES: usize = 10_000;
+/// A whole zone transfer may take this many times the exchange timeout.
+const AXFR_TIMEOUT_FACTOR: u32 = 12;
 
 /// Retries of one exchange: how many attempts, and the backoff between them (doubling, capped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,7 +556,11 @@ impl Exchange<'_> {
     }
 
     async fn axfr(&self) -> Result<Vec<Record>, SyncError> {
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        // A large zone takes several messages: each must come within the timeout, the whole within
+        // AXFR_TIMEOUT_FACTOR times it.
+        let overall = started + self.timeout * AXFR_TIMEOUT_FACTOR;
         let mut message = Message::query();
         message.metadata.recursion_desired = false;
         let mut query = Query::new();
@@ -566,7 +572,8 @@ impl Exchange<'_> {
         let (mut stream, id, mut verifier) = self.connect_and_send(OP_AXFR, message, deadline).await?;
         let mut records: Vec<Record> = Vec::new();
         for _ in 0..MAX_AXFR_MESSAGES {
-            let raw = self.read_frame(&mut stream, OP_AXFR, deadline).await?;
+            let next = (Instant::now() + self.timeout).min(overall);
+            let raw = self.read_frame(&mut stream, OP_AXFR, next).await?;
             let message = self.check(OP_AXFR, &raw, id, &mut verifier)?;
             for record in message.answers {
                 let is_soa = record.record_type() == RecordType::SOA;

@@ -237,7 +237,8 @@ async fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
     assert_eq!(m.answers.len(), 100);
 
     let (m, _) = raw_udp(addr, "app01-lab.avi.aclab.uk.", RecordType::A, Some(1232), 1).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::BADVERS, "EDNS version 1 is not supported: BADVERS");
+    // BADVERS and BADSIG share extended code 16; hickory names it by the TSIG meaning.
+    assert_eq!(u16::from(m.metadata.response_code), 16, "EDNS version 1 is not supported: BADVERS (16)");
 
     let mut tcp = tcp_client(addr).await;
     let r = query(&mut tcp, "big.avi.aclab.uk.", RecordType::A).await;
@@ -290,7 +291,8 @@ async fn queries_during_swaps_always_get_a_whole_answer() {
     assert!(seen > 20, "only {seen} queries answered during the swaps");
 }
 
-#[tokio::test]
+// dig is a blocking child process: the server needs another worker thread meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dig_sees_an_authoritative_answer() {
     let Some(dig) = common::tool("dig", "dig_sees_an_authoritative_answer") else { return };
     let (_server, addr) = start().await;
@@ -298,7 +300,7 @@ async fn dig_sees_an_authoritative_answer() {
     let out = common::dig(&dig, &["@127.0.0.1", "-p", &port, "app01-lab.avi.aclab.uk", "A", "+norec"]);
     assert!(out.contains("status: NOERROR"), "{out}");
     assert!(out.contains("flags: qr aa"), "authoritative answer: {out}");
-    assert!(out.contains("app01-lab.avi.aclab.uk. 30\tIN\tA\t127.0.0.10"), "{out}");
+    assert!(out.contains("app01-lab.avi.aclab.uk.\t30\tIN\tA\t127.0.0.10"), "{out}");
     let out = common::dig(&dig, &["@127.0.0.1", "-p", &port, "missing.avi.aclab.uk", "A", "+norec"]);
     assert!(out.contains("status: NXDOMAIN") && out.contains("AUTHORITY: 1"), "{out}");
     let out = common::dig(&dig, &["@127.0.0.1", "-p", &port, "avi.aclab.uk", "SOA", "+tcp", "+short"]);

@@ -84,6 +84,71 @@ pub struct Bind {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     log: PathBuf,
+    alias: Option<LoopbackAlias>,
+}
+
+/// Why BIND could not be started.
+pub enum StartError {
+    /// This machine cannot give BIND its own loopback address (not root, no `ip`, no CAP_NET_ADMIN).
+    Environment(String),
+    /// BIND itself failed.
+    Bind(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Environment(e) | StartError::Bind(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for StartError {
+    fn from(s: String) -> Self {
+        StartError::Bind(s)
+    }
+}
+
+/// A `/32` address on `lo` that this test added (BIND only listens on addresses of an interface; Linux
+/// answers for all of 127.0.0.0/8, but BIND does not bind what it does not see). Removed when dropped.
+pub struct LoopbackAlias(IpAddr);
+
+impl LoopbackAlias {
+    pub fn ensure(ip: IpAddr) -> Result<Option<LoopbackAlias>, StartError> {
+        if ip == IpAddr::from([127, 0, 0, 1]) {
+            return Ok(None);
+        }
+        let ip_tool = find_tool("ip").ok_or_else(|| {
+            StartError::Environment("`ip` (iproute2) is missing: cannot add a loopback address for BIND".into())
+        })?;
+        let shown = Command::new(&ip_tool)
+            .args(["-4", "addr", "show", "dev", "lo"])
+            .output()
+            .map_err(|e| StartError::Environment(e.to_string()))?;
+        if String::from_utf8_lossy(&shown.stdout).contains(&format!("inet {ip}/")) {
+            return Ok(None);
+        }
+        let out = Command::new(&ip_tool)
+            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .output()
+            .map_err(|e| StartError::Environment(e.to_string()))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(Some(LoopbackAlias(ip)))
+        } else if err.contains("File exists") || err.contains("already assigned") {
+            Ok(None)
+        } else {
+            Err(StartError::Environment(format!("cannot add {ip}/32 to lo (needs root / CAP_NET_ADMIN): {err}")))
+        }
+    }
+}
+
+impl Drop for LoopbackAlias {
+    fn drop(&mut self) {
+        if let Some(ip_tool) = find_tool("ip") {
+            let _ = Command::new(ip_tool).args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"]).output();
+        }
+    }
 }
 
 /// The article's corporate zone: SOA, NS, the delegation of `avi.aclab.uk` to the load balancer's DNS and its
@@ -114,7 +179,7 @@ pub fn keys_conf() -> String {
 impl Bind {
     /// BIND as the corporate DNS: primary for `aclab.uk` (zone file `zone`), updates and transfers allowed for
     /// the Portico keys, transfers for `other-key`; no recursion.
-    pub fn primary(named: &Path, addr: SocketAddr, zone: &str) -> Result<Bind, String> {
+    pub fn primary(named: &Path, addr: SocketAddr, zone: &str) -> Result<Bind, StartError> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         std::fs::write(dir.path().join("aclab.uk.zone"), zone).map_err(|e| e.to_string())?;
         let d = dir.path().display();
@@ -135,7 +200,7 @@ impl Bind {
 
     /// BIND as a recursive resolver for clients: `aclab.uk` is a static-stub zone pointing at `primary`, so
     /// names under it are resolved from there, following delegations (to Portico's DNS) like any resolver.
-    pub fn resolver(named: &Path, addr: SocketAddr, primary: IpAddr) -> Result<Bind, String> {
+    pub fn resolver(named: &Path, addr: SocketAddr, primary: IpAddr) -> Result<Bind, StartError> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let d = dir.path().display();
         let conf = format!(
@@ -152,17 +217,18 @@ impl Bind {
         Bind::start(named, dir, addr, &conf)
     }
 
-    fn start(named: &Path, dir: tempfile::TempDir, addr: SocketAddr, conf: &str) -> Result<Bind, String> {
+    fn start(named: &Path, dir: tempfile::TempDir, addr: SocketAddr, conf: &str) -> Result<Bind, StartError> {
+        let alias = LoopbackAlias::ensure(addr.ip())?;
         let conf_path = dir.path().join("named.conf");
         std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
         if let Some(check) = find_tool("named-checkconf") {
             let out = Command::new(check).arg(&conf_path).output().map_err(|e| e.to_string())?;
             if !out.status.success() {
-                return Err(format!(
+                return Err(StartError::Bind(format!(
                     "named-checkconf rejected the generated configuration:\n{}{}\n{conf}",
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
-                ));
+                )));
             }
         }
         let log = dir.path().join("named.log");
@@ -174,7 +240,7 @@ impl Bind {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", named.display()))?;
-        let mut bind = Bind { child, dir, addr, log };
+        let mut bind = Bind { child, dir, addr, log, alias };
         bind.wait_ready()?;
         Ok(bind)
     }
@@ -205,24 +271,32 @@ impl Drop for Bind {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // After BIND is gone, its address.
+        self.alias.take();
     }
 }
 
 /// Starts a BIND with `start`, or prints a loud skip when BIND is not installed (returns `None`). A BIND that is
 /// installed but does not start fails the test with its log.
-pub fn bind_or_skip(test: &str, start: impl FnOnce(&Path) -> Result<Bind, String>) -> Option<Bind> {
+pub fn bind_or_skip(test: &str, start: impl FnOnce(&Path) -> Result<Bind, StartError>) -> Option<Bind> {
     let named = tool("named", test)?;
+    let skip = |why: String| {
+        let msg = format!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             !!! SKIPPED {test}: BIND could not be started here: {why}\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        );
+        if std::env::var("PORTICO_REQUIRE_DNS_TOOLS").is_ok_and(|v| v == "1") {
+            panic!("{msg}");
+        }
+        shout(&msg);
+        None
+    };
     match start(&named) {
         Ok(b) => Some(b),
-        Err(e) if !is_root() => {
-            shout(&format!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 !!! SKIPPED {test}: BIND could not start (not root: port 53 on 127.0.x.y needs root): {e}\n\
-                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-            ));
-            None
-        }
-        Err(e) => panic!("{test}: BIND is installed but did not start: {e}"),
+        Err(StartError::Environment(why)) => skip(why),
+        Err(StartError::Bind(e)) if !is_root() => skip(format!("not root (port 53 needs root): {e}")),
+        Err(StartError::Bind(e)) => panic!("{test}: BIND is installed but did not start: {e}"),
     }
 }
 
