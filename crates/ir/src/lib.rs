@@ -216,6 +216,39 @@ pub enum Filter {
     RequestHeaders(HeaderEdits),
     ResponseHeaders(HeaderEdits),
     UrlRewrite(UrlRewrite),
+    /// Send a copy of the request (without its body) to another pool and ignore the answer.
+    Mirror(Mirror),
+    /// Answer CORS preflights and add CORS headers to responses for allowed origins.
+    Cors(Cors),
+}
+
+/// A request mirror.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    /// Key into [`Ir::pools`]; `None` when the reference is invalid (nothing is mirrored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Share of requests mirrored, in millionths (1,000,000 = all).
+    pub per_million: u32,
+}
+
+/// CORS settings (Gateway API `HTTPCORSFilter`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins (`https://a.example`, `https://*.example`, or `*`).
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Seconds a preflight answer may be cached.
+    pub max_age: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
 }
 
 /// Header edits: set replaces, add appends, remove deletes.

@@ -130,3 +130,65 @@ async fn backend_failures_answer_502_and_503() {
     let status = portico.admin_get("/api/status");
     assert!(status.contains("BackendNotFound"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_get_a_copy_and_cors_answers_preflights() {
+    let backends = Backends::start(&["main", "shadow"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = http_gateway("127.0.0.44", 8080)
+        + &service("main", backends.http_port(0))
+        + &service("shadow", backends.http_port(1))
+        + &route(
+            "mirrored",
+            "  hostnames: [mirror.example]\n  rules:\n  - filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: shadow, port: 80}}\n    - type: CORS\n      cors:\n        allowOrigins: [\"https://*.app.example\"]\n        allowMethods: [GET, PUT]\n        allowHeaders: [x-token]\n        exposeHeaders: [x-testapp-instance]\n        maxAge: 600\n    backendRefs: [{name: main, port: 80}]\n",
+        );
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let portico = Portico::start(&[dir.path()], 19944, &[]);
+    let vip: SocketAddr = "127.0.0.44:8080".parse().expect("vip");
+
+    for _ in 0..5 {
+        let answer = get(vip, "mirror.example", "/blue").await;
+        assert_eq!(answer.header("x-testapp-instance"), "main", "the client is answered by the main backend");
+    }
+    // The shadow backend received copies: Portico's metrics count its requests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let metrics = portico.admin_get("/metrics");
+        let shadow = metrics
+            .lines()
+            .find(|l| l.starts_with("portico_endpoint_requests_total") && l.contains("default/shadow:80"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if shadow >= 5 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the mirror saw {shadow} of 5 requests:\n{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let preflight = request(
+        vip,
+        "mirror.example",
+        "OPTIONS",
+        "/blue",
+        &[("origin", "https://web.app.example"), ("access-control-request-method", "PUT")],
+        None,
+    )
+    .await
+    .expect("preflight");
+    assert_eq!(preflight.status, 200);
+    assert_eq!(preflight.header("access-control-allow-origin"), "https://web.app.example");
+    assert_eq!(preflight.header("access-control-allow-methods"), "GET, PUT");
+    assert_eq!(preflight.header("access-control-max-age"), "600");
+    assert_eq!(preflight.header("x-testapp-instance"), "", "a preflight is answered by Portico");
+    let actual = request(vip, "mirror.example", "GET", "/blue", &[("origin", "https://web.app.example")], None)
+        .await
+        .expect("request");
+    assert_eq!(actual.header("access-control-allow-origin"), "https://web.app.example");
+    assert_eq!(actual.header("access-control-expose-headers"), "x-testapp-instance");
+    let foreign = request(vip, "mirror.example", "GET", "/blue", &[("origin", "https://evil.example")], None)
+        .await
+        .expect("request");
+    assert_eq!(foreign.header("access-control-allow-origin"), "", "other origins get no CORS grant");
+}

@@ -164,6 +164,9 @@ pub struct CompiledRoute {
     pub action: CompiledAction,
     pub timeouts: portico_ir::Timeouts,
     pub retry: Option<portico_ir::Retry>,
+    /// Pools that get a copy of each request, with the share in millionths.
+    pub mirrors: Vec<(Arc<CompiledPool>, u32)>,
+    pub cors: Option<portico_ir::Cors>,
 }
 
 /// What to do with a matched request.
@@ -320,6 +323,18 @@ fn compile_route(
         action,
         timeouts: route.timeouts.clone(),
         retry: route.retry.clone(),
+        mirrors: route
+            .filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::Mirror(m) => m.pool.as_ref().and_then(|p| pools.get(p)).map(|p| (p.clone(), m.per_million)),
+                _ => None,
+            })
+            .collect(),
+        cors: route.filters.iter().find_map(|f| match f {
+            Filter::Cors(c) => Some(c.clone()),
+            _ => None,
+        }),
     })
 }
 

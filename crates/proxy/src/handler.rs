@@ -158,6 +158,20 @@ pub async fn handle(
         shared.metrics.request(&listener.name, "", 404, started.elapsed());
         return error_response(grpc, StatusCode::NOT_FOUND, "no route for this host and path");
     };
+    let origin = route.cors.as_ref().and_then(|cors| allowed_origin(cors, &request));
+    if let Some(cors) = &route.cors
+        && request.method() == http::Method::OPTIONS
+        && request.headers().contains_key("access-control-request-method")
+    {
+        let response = preflight(cors, origin.as_deref());
+        shared.metrics.request(&listener.name, &route.name, response.status().as_u16(), started.elapsed());
+        return response;
+    }
+    for (pool, per_million) in &route.mirrors {
+        if *per_million >= 1_000_000 || rand::random_range(0..1_000_000) < *per_million {
+            mirror(pool, &request, peer);
+        }
+    }
     let response = match &route.action {
         CompiledAction::Redirect(redirect) => {
             redirect_response(redirect, &request, &host, scheme, local_address.port())
@@ -185,6 +199,9 @@ pub async fn handle(
         if let Filter::ResponseHeaders(edits) = filter {
             edit_headers(response.headers_mut(), edits);
         }
+    }
+    if let (Some(cors), Some(origin)) = (&route.cors, origin) {
+        cors_headers(cors, &origin, response.headers_mut());
     }
     shared.metrics.request(&listener.name, &route.name, response.status().as_u16(), started.elapsed());
     response
@@ -262,6 +279,96 @@ fn edit_headers(headers: &mut http::HeaderMap, edits: &HeaderEdits) {
     }
 }
 
+/// The request's Origin if the CORS filter allows it.
+fn allowed_origin(cors: &portico_ir::Cors, request: &Request<Incoming>) -> Option<String> {
+    let origin = request.headers().get(http::header::ORIGIN)?.to_str().ok()?;
+    let allowed = cors.allow_origins.iter().any(|pattern| {
+        if pattern == "*" || pattern == origin {
+            return true;
+        }
+        // `https://*.example.com`: same scheme, and a host under the suffix.
+        match (pattern.split_once("://*"), origin.split_once("://")) {
+            (Some((scheme, suffix)), Some((origin_scheme, host))) => {
+                scheme == origin_scheme && host.ends_with(suffix) && host.len() > suffix.len()
+            }
+            _ => false,
+        }
+    });
+    allowed.then(|| origin.to_string())
+}
+
+/// The answer to a CORS preflight: the allowed methods and headers for an allowed origin, nothing for others.
+fn preflight(cors: &portico_ir::Cors, origin: Option<&str>) -> Response<ProxyBody> {
+    let mut response = local(StatusCode::OK, "");
+    response.headers_mut().remove(http::header::CONTENT_TYPE);
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        cors_headers(cors, origin, headers);
+        let list = |items: &[String]| HeaderValue::from_str(&items.join(", ")).ok();
+        if let Some(methods) = list(&cors.allow_methods) {
+            headers.insert("access-control-allow-methods", methods);
+        }
+        if let Some(allowed) = list(&cors.allow_headers) {
+            headers.insert("access-control-allow-headers", allowed);
+        }
+        headers.insert("access-control-max-age", HeaderValue::from(cors.max_age));
+    }
+    response
+}
+
+fn cors_headers(cors: &portico_ir::Cors, origin: &str, headers: &mut http::HeaderMap) {
+    // With credentials the origin must be echoed, never `*`.
+    let value = if cors.allow_origins.iter().any(|o| o == "*") && !cors.allow_credentials { "*" } else { origin };
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert("access-control-allow-origin", value);
+    }
+    if cors.allow_credentials {
+        headers.insert("access-control-allow-credentials", HeaderValue::from_static("true"));
+    }
+    if !cors.expose_headers.is_empty()
+        && let Ok(exposed) = HeaderValue::from_str(&cors.expose_headers.join(", "))
+    {
+        headers.insert("access-control-expose-headers", exposed);
+    }
+}
+
+/// Sends a body-less copy of the request to a mirror pool in the background; its answer is dropped.
+fn mirror(pool: &std::sync::Arc<CompiledPool>, request: &Request<Incoming>, peer: SocketAddr) {
+    let Some(pick) = pool.pick(peer.ip(), request.headers()) else { return };
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("{}://{}{path}", pool.scheme, pick.endpoint).parse::<Uri>() else { return };
+    let mut builder = Request::builder().method(request.method().clone()).uri(uri);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = request.headers().clone();
+        strip_hop_by_hop(headers, false);
+        if !headers.contains_key(HOST)
+            && let Some(value) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(HOST, value);
+        }
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let Ok(copy) = builder.body(Empty::new().map_err(|never| match never {}).boxed()) else { return };
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let endpoint = pick.endpoint;
+        let _busy = pick.guard;
+        let outcome = match tokio::time::timeout(Duration::from_secs(10), pool.client.request(copy)).await {
+            Ok(Ok(response)) => {
+                let failed = response.status().is_server_error();
+                drop(response.into_body().collect().await);
+                if failed { Outcome::Status5xx } else { Outcome::Success }
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(pool = %pool.name, %error, "mirror request failed");
+                Outcome::ConnectError
+            }
+            Err(_) => Outcome::Timeout,
+        };
+        pool.state.report(endpoint, outcome);
+    });
+}
+
 /// Whether a request asks to switch protocols (WebSocket and other HTTP/1.1 upgrades).
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
     headers.contains_key(http::header::UPGRADE)
@@ -309,7 +416,7 @@ async fn forward(
                 }
                 path = rewrite_path(&path, rewrite.path.as_ref());
             }
-            Filter::ResponseHeaders(_) => {}
+            Filter::ResponseHeaders(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
         }
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);

@@ -234,6 +234,35 @@ pub struct HttpRouteFilter {
     pub request_mirror: Option<HttpRequestMirrorFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extension_ref: Option<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<HttpCorsFilter>,
+}
+
+/// `CORS` filter (Gateway API v1.5).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCorsFilter {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+}
+
+/// Part of requests to mirror: `numerator / denominator` (default denominator 100).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Fraction {
+    pub numerator: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<i32>,
 }
 
 /// Header modifier (request or response).
@@ -301,6 +330,8 @@ pub struct HttpRequestMirrorFilter {
     pub backend_ref: BackendObjectReference,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Fraction>,
 }
 
 /// A reference to an object in the same namespace.

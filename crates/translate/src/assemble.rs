@@ -149,6 +149,11 @@ impl RouteTable {
                 });
             let tls = listener.tls_routes.iter().map(|r| r.backends.as_slice());
             used_pools.extend(forwards.chain(tls).flatten().filter_map(|b| b.pool.clone()));
+            let mirrors = listener.virtual_hosts.iter().flat_map(|h| h.routes.iter()).flat_map(|r| r.filters.iter());
+            used_pools.extend(mirrors.filter_map(|f| match f {
+                portico_ir::Filter::Mirror(m) => m.pool.clone(),
+                _ => None,
+            }));
         }
         pools.retain(|name, _| used_pools.contains(name));
         certificates.retain(|name, _| used_certificates.contains(name));

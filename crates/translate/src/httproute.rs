@@ -7,8 +7,8 @@ use crate::gateway::{GATEWAY_GROUP, GatewayInfo};
 use crate::refgrant::{RefEnd, permitted};
 use crate::route::{Attachment, RouteProblems, RouteSource, attach, is_ours, oldest_first, validate_hostnames};
 use portico_ir::{
-    Action, Filter, HeaderEdits, PathMatch, PathRewrite, Redirect, Retry, Route, RouteMatch, StringMatch, Timeouts,
-    UrlRewrite, ValueMatch, WeightedPool,
+    Action, Cors, Filter, HeaderEdits, Mirror, PathMatch, PathRewrite, Redirect, Retry, Route, RouteMatch, StringMatch,
+    Timeouts, UrlRewrite, ValueMatch, WeightedPool,
 };
 use portico_resources::gateway::{
     BackendObjectReference, HttpBackendRef, HttpHeaderFilter, HttpHeaderMatch, HttpPathModifier, HttpRouteFilter,
@@ -225,6 +225,43 @@ pub fn finish_rule(
                     filters.push(Filter::UrlRewrite(UrlRewrite { hostname: rewrite.hostname.clone(), path }));
                 }
                 None => errors.push((field, "type URLRewrite needs urlRewrite".into())),
+            },
+            "RequestMirror" => match &filter.request_mirror {
+                Some(mirror) => {
+                    let per_million = match (&mirror.fraction, mirror.percent) {
+                        (Some(f), _) => {
+                            let denominator = i64::from(f.denominator.unwrap_or(100)).max(1);
+                            (i64::from(f.numerator).clamp(0, denominator) * 1_000_000 / denominator) as u32
+                        }
+                        (None, Some(percent)) => u32::try_from(percent.clamp(0, 100)).unwrap_or(0) * 10_000,
+                        (None, None) => 1_000_000,
+                    };
+                    let pool = match resolve_backend(cx, reference, &mirror.backend_ref) {
+                        Ok(pool) => Some(pool),
+                        Err(error) => {
+                            cx.error(
+                                reference,
+                                format!("{field}.requestMirror.backendRef"),
+                                error.message().to_string(),
+                            );
+                            problems.unresolved(error.reason(), error.message().to_string());
+                            None
+                        }
+                    };
+                    filters.push(Filter::Mirror(Mirror { pool, per_million }));
+                }
+                None => errors.push((field, "type RequestMirror needs requestMirror".into())),
+            },
+            "CORS" => match &filter.cors {
+                Some(cors) => filters.push(Filter::Cors(Cors {
+                    allow_origins: cors.allow_origins.clone(),
+                    allow_methods: cors.allow_methods.clone(),
+                    allow_headers: cors.allow_headers.clone(),
+                    expose_headers: cors.expose_headers.clone(),
+                    max_age: u32::try_from(cors.max_age.unwrap_or(5)).unwrap_or(5),
+                    allow_credentials: cors.allow_credentials.unwrap_or(false),
+                })),
+                None => errors.push((field, "type CORS needs cors".into())),
             },
             "RequestRedirect" => match &filter.request_redirect {
                 Some(r) => {
