@@ -127,7 +127,7 @@ pub enum Persistence {
 
 /// Active health checking of every endpoint of a pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
     /// What a probe does.
     pub kind: HealthKind,
@@ -416,7 +416,7 @@ impl<'de> Deserialize<'de> for StatusRange {
 /// Passive health: an endpoint whose requests fail `consecutive_errors` times in a row (connection errors,
 /// timeouts, 5xx answers) gets no new requests for `ejection`, then is tried again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PassiveHealth {
     /// Failures in a row that eject the endpoint (default 5).
     #[serde(default = "default_consecutive_errors")]

@@ -20,6 +20,9 @@ pub struct Ir {
     pub pools: BTreeMap<String, Pool>,
     /// Certificates by name (`namespace/secret`), referred to by listeners.
     pub certificates: BTreeMap<String, Certificate>,
+    /// DNS records to serve and to publish; empty (and not printed) when DNS is not configured.
+    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    pub dns: Dns,
 }
 
 impl Ir {
@@ -393,6 +396,64 @@ impl fmt::Debug for SecretPem {
 impl Serialize for SecretPem {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("<redacted>")
+    }
+}
+
+/// What Portico's DNS does with the hostnames it serves: the records its authoritative server answers, and the
+/// records the external-dns compatible sync publishes into another DNS server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dns {
+    /// Records answered authoritatively (names inside the configured zones), sorted by name, type and
+    /// resource. Several records of one name and type (from several resources) are served as one RRset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<DnsRecord>,
+    /// Records to publish into the corporate DNS (external-dns's endpoints), sorted likewise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<DnsRecord>,
+}
+
+impl Dns {
+    /// Whether there is nothing to serve or publish.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.publish.is_empty()
+    }
+}
+
+/// One DNS record set wanted by one resource.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsRecord {
+    /// Lower-case name without trailing dot; `*.suffix` for a wildcard.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: DnsRecordType,
+    /// Addresses (A/AAAA) or one canonical name without trailing dot (CNAME), sorted.
+    pub targets: Vec<String>,
+    /// Seconds.
+    pub ttl: u32,
+    /// The object it comes from as external-dns names it: `httproute/NAMESPACE/NAME`, `ingress/NAMESPACE/NAME`,
+    /// `gateway/NAMESPACE/NAME`, ...
+    pub resource: String,
+}
+
+/// The record types Portico serves and publishes for hostnames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRecordType {
+    A,
+    Aaaa,
+    Cname,
+}
+
+impl DnsRecordType {
+    /// The type as DNS writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsRecordType::A => "A",
+            DnsRecordType::Aaaa => "AAAA",
+            DnsRecordType::Cname => "CNAME",
+        }
     }
 }
 

@@ -17,8 +17,11 @@ mod der;
 pub mod issue;
 mod key;
 pub mod secret;
-pub mod spec;
+/// The cert-manager resource types, which live with the other resource types.
+pub use portico_resources::certmanager as spec;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tool;
 
 pub use ca::{CaError, CertificateAuthority, IpNet, NameConstraints};

@@ -70,6 +70,9 @@ fn route(request: &Request<Incoming>, view: &View, metrics: &Metrics, proxy: &Pr
             // Per-endpoint health and load live in the proxy; the rest comes from the last translation.
             let mut status = view.status_json.clone();
             status["pools"] = proxy.pool_health();
+            if let Some(dns) = &view.dns {
+                status["dns"] = dns.status();
+            }
             respond(StatusCode::OK, JSON, serde_json::to_vec_pretty(&status).unwrap_or_default())
         }
         "/api/config" => {

@@ -23,6 +23,8 @@ pub struct View {
     pub status_json: serde_json::Value,
     /// At least one configuration has been applied.
     pub ready: bool,
+    /// The DNS server and sync (`--config-file`), carried from view to view; fed on every apply.
+    pub dns: Option<Arc<crate::dns::DnsRuntime>>,
 }
 
 /// The status document (`/api/status`, `state-dir/status.json`).
@@ -44,6 +46,10 @@ pub struct Controller {
     state_dir: Option<PathBuf>,
     generation: u64,
     last_good: HashMap<ResourceRef, Resource>,
+    /// Issues and renews certificates; its Secrets join each snapshot before translation.
+    certs: crate::certs::CertManager,
+    /// The provider's last load, re-applied when a certificate is due.
+    last_loaded: Option<Loaded>,
 }
 
 impl Controller {
@@ -53,13 +59,50 @@ impl Controller {
         options: TranslateOptions,
         view: Arc<ArcSwap<View>>,
         state_dir: Option<PathBuf>,
+        cluster_resource_namespace: String,
+        acme: crate::certs::AcmeRuntime,
     ) -> Self {
-        Controller { proxy, options, view, state_dir, generation: 0, last_good: HashMap::new() }
+        let certs = crate::certs::CertManager::new(state_dir.as_deref(), cluster_resource_namespace).with_acme(acme);
+        Controller {
+            proxy,
+            options,
+            view,
+            state_dir,
+            generation: 0,
+            last_good: HashMap::new(),
+            certs,
+            last_loaded: None,
+        }
+    }
+
+    /// How long until a certificate must be renewed (the control loop calls [`Controller::renew`] then).
+    pub fn next_renewal(&self) -> Option<std::time::Duration> {
+        self.certs.next_renewal(std::time::SystemTime::now())
+    }
+
+    /// Takes in a finished ACME order and serves its certificate.
+    pub async fn acme_done(&mut self, outcome: crate::certs::AcmeOutcome) {
+        if let Some(loaded) = self.last_loaded.clone() {
+            self.certs.complete(outcome, &loaded.snapshot);
+            self.apply(loaded).await;
+        }
+    }
+
+    /// Re-applies the last load, so certificates that are due get renewed and served.
+    pub async fn renew(&mut self) {
+        if let Some(loaded) = self.last_loaded.clone() {
+            self.apply(loaded).await;
+        }
     }
 
     /// Translates and applies one load of the provider.
     pub async fn apply(&mut self, loaded: Loaded) {
-        let (translation, served, kept) = translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
+        self.last_loaded = Some(loaded.clone());
+        let mut loaded = loaded;
+        self.certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now());
+        let (mut translation, served, kept) = translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
+        translation.statuses.extend(self.certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
+        translation.diagnostics.extend(self.certs.errors().iter().cloned());
         self.generation += 1;
         let generation = self.generation;
         let mut listener_errors = Vec::new();
@@ -69,6 +112,11 @@ impl Controller {
         }
         for error in &listener_errors {
             tracing::error!(%error, "listener not serving");
+        }
+        // DNS: the same IR as the proxy, in the same apply.
+        let dns = self.view.load().dns.clone();
+        if let Some(dns) = &dns {
+            dns.apply(&served.ir);
         }
         let mut diagnostics: Vec<Diagnostic> = loaded.diagnostics.clone();
         diagnostics.extend(translation.diagnostics.iter().cloned());
@@ -95,7 +143,7 @@ impl Controller {
             pools = served.ir.pools.len(),
             "configuration applied"
         );
-        self.view.store(Arc::new(View { generation, ir: Arc::new(served.ir), status_json, ready: true }));
+        self.view.store(Arc::new(View { generation, ir: Arc::new(served.ir), status_json, ready: true, dns }));
     }
 }
 

@@ -35,6 +35,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         source: SourceArgs {
             config: vec![args.example.join("common"), args.example.join(&args.flavour)],
             default_namespace: "dev".into(),
+            cluster_resource_namespace: "cert-manager".into(),
+            config_file: None,
             translate: TranslateArgs {
                 ingress_addresses: vec![[127, 0, 0, 11].into()],
                 gateway_address: None,

@@ -3,8 +3,12 @@
 //! Subcommands: `run` (serve from manifest directories), `validate`, `translate`, `testapp` and `demo`.
 
 mod admin;
+mod ca;
+mod certs;
+mod config_file;
 mod controller;
 mod demo;
+mod dns;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -38,6 +42,12 @@ enum Command {
     Testapp(TestappArgs),
     /// Start four test applications and Portico on the article example, and print what to try.
     Demo(DemoArgs),
+    /// CA tools: make a root, a subordinate CA request, sign it, and write the issuer's Secret.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// DNS: the records Portico's DNS server answers, and what the sync to the corporate DNS would change.
+    #[command(subcommand)]
+    Dns(dns::DnsCommand),
 }
 
 /// Where manifests come from and how they are read.
@@ -49,6 +59,12 @@ struct SourceArgs {
     /// Namespace of objects that name none (helm output names none).
     #[arg(long, default_value = "default")]
     default_namespace: String,
+    /// Namespace of the Secrets that ClusterIssuers refer to (cert-manager's --cluster-resource-namespace).
+    #[arg(long, default_value = "cert-manager")]
+    cluster_resource_namespace: String,
+    /// Portico's own settings (DNS server and sync), e.g. portico.yaml; see the README.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
     #[command(flatten)]
     translate: TranslateArgs,
 }
@@ -151,6 +167,8 @@ fn main() -> std::process::ExitCode {
             Command::Translate(args) => translate_command(&args).map(|()| true),
             Command::Testapp(args) => testapp(args).await.map(|()| true),
             Command::Demo(args) => demo::run(args).await.map(|()| true),
+            Command::Ca(command) => ca::run(command).map(|()| true),
+            Command::Dns(command) => dns::command(command).await.map(|()| true),
         }
     });
     match result {
@@ -170,8 +188,13 @@ fn load_once(args: &SourceArgs) -> anyhow::Result<Loaded> {
 
 /// `portico validate`: statuses and errors; `Ok(false)` when there are errors.
 fn validate(args: &SourceArgs) -> anyhow::Result<bool> {
-    let loaded = load_once(args)?;
-    let translation = translate(&loaded.snapshot, &args.translate.options());
+    let mut loaded = load_once(args)?;
+    // Issuers and Certificates are checked by issuing in memory (nothing is written).
+    let mut certs = certs::CertManager::new(None, args.cluster_resource_namespace.clone());
+    certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now());
+    let mut translation = translate(&loaded.snapshot, &args.options()?);
+    translation.statuses.extend(certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
+    translation.diagnostics.extend(certs.errors().iter().cloned());
     for (resource, status) in &translation.statuses {
         let summary: Vec<String> = status
             .all_conditions()
@@ -179,7 +202,7 @@ fn validate(args: &SourceArgs) -> anyhow::Result<bool> {
             .filter(|c| {
                 matches!(
                     c.kind.as_str(),
-                    "Accepted" | "ResolvedRefs" | "Programmed" | "Conflicted" | "PartiallyInvalid"
+                    "Accepted" | "ResolvedRefs" | "Programmed" | "Conflicted" | "PartiallyInvalid" | "Ready"
                 )
             })
             .map(|c| format!("{}={}({})", c.kind, c.status, c.reason))
@@ -210,7 +233,7 @@ fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
     for diagnostic in &loaded.diagnostics {
         eprintln!("{diagnostic}");
     }
-    let translation = translate(&loaded.snapshot, &args.translate.options());
+    let translation = translate(&loaded.snapshot, &args.options()?);
     for diagnostic in &translation.diagnostics {
         eprintln!("{diagnostic}");
     }
@@ -221,15 +244,30 @@ fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
 
 /// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
 async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
+    // DNS (--config-file): the authoritative server and the sync, fed by the controller on every apply.
+    let config_file = config_file::ConfigFile::load(args.source.config_file.as_deref())?;
+    let dns = match config_file.dns_config()? {
+        Some(settings) => Some(dns::DnsRuntime::start(&settings).await?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let proxy = Arc::new(Proxy::new(metrics.clone())?);
-    let view = Arc::new(ArcSwap::from_pointee(controller::View::default()));
+    let view = Arc::new(ArcSwap::from_pointee(controller::View { dns, ..controller::View::default() }));
     let admin = admin::serve(args.admin, view.clone(), metrics.clone(), proxy.clone()).await?;
     tracing::info!(%admin, "admin endpoint");
     let provider = FileProvider::new(args.source.config.clone(), args.source.default_namespace.clone());
     let mut updates = provider.watch(Duration::from_millis(150))?;
-    let mut controller =
-        controller::Controller::new(proxy.clone(), args.source.translate.options(), view, Some(args.state_dir.clone()));
+    let (acme, mut acme_outcomes) = certs::AcmeRuntime::new();
+    let responder = acme.responder.clone();
+    proxy.set_challenge_responder(Box::new(move |path| responder.respond(path)));
+    let mut controller = controller::Controller::new(
+        proxy.clone(),
+        config_file.translate_options(args.source.translate.options()),
+        view,
+        Some(args.state_dir.clone()),
+        args.source.cluster_resource_namespace.clone(),
+        acme,
+    );
     let shutdown = shutdown_signal(stop);
     tokio::pin!(shutdown);
     loop {
@@ -240,6 +278,9 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
                 Some(Err(error)) => tracing::error!(%error, "cannot read the configuration; serving the last one"),
                 None => break,
             },
+            Some(outcome) = acme_outcomes.recv() => controller.acme_done(outcome).await,
+            // A certificate is due for renewal (or a failed issuance for another try).
+            () = renewal_timer(controller.next_renewal()) => controller.renew().await,
             () = &mut shutdown => break,
         }
     }
@@ -247,6 +288,14 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     proxy.shutdown(Duration::from_secs(args.drain_seconds)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sleeps until `due`; never wakes when nothing is due. Capped so a clock change is noticed within a minute.
+async fn renewal_timer(due: Option<Duration>) {
+    match due {
+        Some(due) => tokio::time::sleep(due.min(Duration::from_secs(60)) + Duration::from_millis(50)).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn shutdown_signal(stop: Option<tokio::sync::oneshot::Receiver<()>>) {

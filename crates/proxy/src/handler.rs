@@ -153,6 +153,17 @@ pub async fn handle(
     let Some(listener) = compiled.listeners.get(&local_address) else {
         return error_response(grpc, StatusCode::NOT_FOUND, "no listener");
     };
+    if let Some(path) = request.uri().path().strip_prefix("/.well-known/acme-challenge/")
+        && scheme == "http"
+        && let Some(answer) = shared
+            .challenges
+            .load()
+            .as_ref()
+            .and_then(|respond| respond(&format!("/.well-known/acme-challenge/{path}")))
+    {
+        shared.metrics.request(&listener.name, "acme-challenge", 200, started.elapsed());
+        return local(StatusCode::OK, answer);
+    }
     let host = request_host(&request).unwrap_or_default();
     let Some(route) = find_route(listener, &host, &request) else {
         shared.metrics.request(&listener.name, "", 404, started.elapsed());

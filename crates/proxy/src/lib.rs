@@ -35,6 +35,9 @@ pub enum ProxyError {
     Tls { address: SocketAddr, source: rustls::Error },
 }
 
+/// Answers an ACME HTTP-01 challenge path with its key authorization, or `None`.
+pub type ChallengeResponder = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// State shared by every listener and connection.
 pub(crate) struct Shared {
     pub state: Arc<ArcSwap<Compiled>>,
@@ -42,6 +45,8 @@ pub(crate) struct Shared {
     pub clients: compile::SharedClients,
     /// Live state of every pool (health, in-flight counts), kept across configuration swaps.
     pub pools: portico_balance::PoolRegistry,
+    /// Answers ACME HTTP-01 challenges (`/.well-known/acme-challenge/TOKEN`) on every HTTP listener.
+    pub challenges: arc_swap::ArcSwapOption<ChallengeResponder>,
     pub graceful: Mutex<Option<GracefulShutdown>>,
 }
 
@@ -65,6 +70,7 @@ impl Proxy {
                 },
                 graceful: Mutex::new(Some(GracefulShutdown::new())),
                 pools: portico_balance::PoolRegistry::new(),
+                challenges: arc_swap::ArcSwapOption::empty(),
             }),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
         })
@@ -115,6 +121,11 @@ impl Proxy {
             }
         }
         Ok(errors)
+    }
+
+    /// Sets who answers ACME HTTP-01 challenges; they are answered before any route is consulted.
+    pub fn set_challenge_responder(&self, responder: ChallengeResponder) {
+        self.shared.challenges.store(Some(Arc::new(responder)));
     }
 
     /// Health and load of every endpoint of every pool, for the admin API.

@@ -583,7 +583,7 @@ pub struct BackendTlsValidation {
     #[serde(default)]
     pub ca_certificate_refs: Vec<LocalObjectReference>,
     /// `System`: the well-known public CAs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "wellKnownCACertificates", default, skip_serializing_if = "Option::is_none")]
     pub well_known_ca_certificates: Option<String>,
     pub hostname: String,
     #[serde(default)]

@@ -6,6 +6,7 @@
 //! [`Snapshot`]; the translator reads nothing else.
 
 pub mod ako;
+pub mod certmanager;
 pub mod gateway;
 mod load;
 pub mod policy;
@@ -59,6 +60,9 @@ pub enum Kind {
     BackendTlsPolicy,
     HealthMonitor,
     BackendPolicy,
+    Certificate,
+    Issuer,
+    ClusterIssuer,
 }
 
 impl Kind {
@@ -84,6 +88,9 @@ impl Kind {
             ("gateway.networking.k8s.io", "BackendTLSPolicy") => Kind::BackendTlsPolicy,
             ("ako.vmware.com", "HealthMonitor") => Kind::HealthMonitor,
             ("portico.dev", "BackendPolicy") => Kind::BackendPolicy,
+            ("cert-manager.io", "Certificate") => Kind::Certificate,
+            ("cert-manager.io", "Issuer") => Kind::Issuer,
+            ("cert-manager.io", "ClusterIssuer") => Kind::ClusterIssuer,
             _ => return None,
         };
         Some(found)
@@ -110,12 +117,15 @@ impl Kind {
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
             Kind::HealthMonitor => "HealthMonitor",
             Kind::BackendPolicy => "BackendPolicy",
+            Kind::Certificate => "Certificate",
+            Kind::Issuer => "Issuer",
+            Kind::ClusterIssuer => "ClusterIssuer",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::IngressClass | Kind::GatewayClass)
+        !matches!(self, Kind::Namespace | Kind::IngressClass | Kind::GatewayClass | Kind::ClusterIssuer)
     }
 }
 
@@ -190,6 +200,9 @@ pub enum Resource {
     BackendTlsPolicy(gateway::BackendTlsPolicy),
     HealthMonitor(ako::HealthMonitor),
     BackendPolicy(policy::BackendPolicy),
+    Certificate(certmanager::Certificate),
+    Issuer(certmanager::Issuer),
+    ClusterIssuer(certmanager::ClusterIssuer),
 }
 
 /// Where an object was read from: the file, the line its document starts on, and the document's text (kept
@@ -326,6 +339,9 @@ pub struct Snapshot {
     pub backend_tls_policies: BTreeMap<ObjectKey, gateway::BackendTlsPolicy>,
     pub health_monitors: BTreeMap<ObjectKey, ako::HealthMonitor>,
     pub backend_policies: BTreeMap<ObjectKey, policy::BackendPolicy>,
+    pub certificates: BTreeMap<ObjectKey, certmanager::Certificate>,
+    pub issuers: BTreeMap<ObjectKey, certmanager::Issuer>,
+    pub cluster_issuers: BTreeMap<ObjectKey, certmanager::ClusterIssuer>,
     /// Where each object came from, when it came from a file.
     pub sources: BTreeMap<ResourceRef, Source>,
 }
@@ -356,6 +372,9 @@ impl Resource {
             Resource::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             Resource::HealthMonitor(_) => Kind::HealthMonitor,
             Resource::BackendPolicy(_) => Kind::BackendPolicy,
+            Resource::Certificate(_) => Kind::Certificate,
+            Resource::Issuer(_) => Kind::Issuer,
+            Resource::ClusterIssuer(_) => Kind::ClusterIssuer,
         }
     }
 
@@ -380,6 +399,9 @@ impl Resource {
             Resource::BackendTlsPolicy(o) => &o.metadata,
             Resource::HealthMonitor(o) => &o.metadata,
             Resource::BackendPolicy(o) => &o.metadata,
+            Resource::Certificate(o) => &o.metadata,
+            Resource::Issuer(o) => &o.metadata,
+            Resource::ClusterIssuer(o) => &o.metadata,
         }
     }
 
@@ -413,6 +435,9 @@ impl Snapshot {
             Resource::BackendTlsPolicy(o) => drop(self.backend_tls_policies.insert(key, o)),
             Resource::HealthMonitor(o) => drop(self.health_monitors.insert(key, o)),
             Resource::BackendPolicy(o) => drop(self.backend_policies.insert(key, o)),
+            Resource::Certificate(o) => drop(self.certificates.insert(key, o)),
+            Resource::Issuer(o) => drop(self.issuers.insert(key, o)),
+            Resource::ClusterIssuer(o) => drop(self.cluster_issuers.insert(key, o)),
         }
         match source {
             Some(source) => drop(self.sources.insert(reference, source)),
@@ -443,6 +468,9 @@ impl Snapshot {
             Kind::BackendTlsPolicy => self.backend_tls_policies.remove(key).map(Resource::BackendTlsPolicy),
             Kind::HealthMonitor => self.health_monitors.remove(key).map(Resource::HealthMonitor),
             Kind::BackendPolicy => self.backend_policies.remove(key).map(Resource::BackendPolicy),
+            Kind::Certificate => self.certificates.remove(key).map(Resource::Certificate),
+            Kind::Issuer => self.issuers.remove(key).map(Resource::Issuer),
+            Kind::ClusterIssuer => self.cluster_issuers.remove(key).map(Resource::ClusterIssuer),
         }
     }
 
@@ -468,6 +496,9 @@ impl Snapshot {
             Kind::BackendTlsPolicy => self.backend_tls_policies.get(key).cloned().map(Resource::BackendTlsPolicy),
             Kind::HealthMonitor => self.health_monitors.get(key).cloned().map(Resource::HealthMonitor),
             Kind::BackendPolicy => self.backend_policies.get(key).cloned().map(Resource::BackendPolicy),
+            Kind::Certificate => self.certificates.get(key).cloned().map(Resource::Certificate),
+            Kind::Issuer => self.issuers.get(key).cloned().map(Resource::Issuer),
+            Kind::ClusterIssuer => self.cluster_issuers.get(key).cloned().map(Resource::ClusterIssuer),
         }
     }
 
@@ -506,6 +537,9 @@ impl Snapshot {
             + self.backend_tls_policies.len()
             + self.health_monitors.len()
             + self.backend_policies.len()
+            + self.certificates.len()
+            + self.issuers.len()
+            + self.cluster_issuers.len()
     }
 
     /// Whether the snapshot holds no object.

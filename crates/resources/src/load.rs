@@ -224,6 +224,9 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
         Kind::BackendTlsPolicy => typed(value).map(Resource::BackendTlsPolicy),
         Kind::HealthMonitor => typed(value).map(Resource::HealthMonitor),
         Kind::BackendPolicy => typed(value).map(Resource::BackendPolicy),
+        Kind::Certificate => typed(value).map(Resource::Certificate),
+        Kind::Issuer => typed(value).map(Resource::Issuer),
+        Kind::ClusterIssuer => typed(value).map(Resource::ClusterIssuer),
     };
     resource.map_or_else(fail, |r| Decoded::Resource(Box::new(r)))
 }

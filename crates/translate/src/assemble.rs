@@ -68,6 +68,26 @@ impl RouteRank {
             matched,
         )
     }
+
+    /// The rank of a GRPCRoute match, which the Gateway API orders by the characters of the matching service,
+    /// then of the matching method (`names`), then by header matches, age, name and order as for HTTP. (The
+    /// path a method match becomes says nothing about this: a method alone is a regular expression, which
+    /// would outrank a service alone.)
+    pub fn grpc(
+        route: &Route,
+        names: (usize, usize),
+        created: Option<String>,
+        source: String,
+        rule: usize,
+        matched: usize,
+    ) -> Self {
+        let mut rank = RouteRank::new(route, created, source, rule, matched);
+        // Service and method names are at most 1024 characters each.
+        let (service, method) = (names.0.min(2047), names.1.min(2047));
+        rank.0 = Reverse(0);
+        rank.1 = Reverse(service * 2048 + method);
+        rank
+    }
 }
 
 impl RouteTable {
@@ -157,7 +177,7 @@ impl RouteTable {
         }
         pools.retain(|name, _| used_pools.contains(name));
         certificates.retain(|name, _| used_certificates.contains(name));
-        Ir { listeners, pools, certificates }
+        Ir { listeners, pools, certificates, dns: portico_ir::Dns::default() }
     }
 }
 

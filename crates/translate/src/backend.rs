@@ -21,6 +21,8 @@ pub enum BackendError {
     InvalidKind(String),
     NotFound(String),
     RefNotPermitted(String),
+    /// The Service's BackendTLSPolicy is not valid: it gets no traffic rather than plain text.
+    InvalidTlsPolicy(String),
 }
 
 impl BackendError {
@@ -30,13 +32,17 @@ impl BackendError {
             BackendError::InvalidKind(_) => "InvalidKind",
             BackendError::NotFound(_) => "BackendNotFound",
             BackendError::RefNotPermitted(_) => "RefNotPermitted",
+            BackendError::InvalidTlsPolicy(_) => "InvalidBackendTLSPolicy",
         }
     }
 
     /// What went wrong, for a person.
     pub fn message(&self) -> &str {
         match self {
-            BackendError::InvalidKind(m) | BackendError::NotFound(m) | BackendError::RefNotPermitted(m) => m,
+            BackendError::InvalidKind(m)
+            | BackendError::NotFound(m)
+            | BackendError::RefNotPermitted(m)
+            | BackendError::InvalidTlsPolicy(m) => m,
         }
     }
 }
@@ -69,11 +75,16 @@ pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>
         let port_name = service_port.name.as_deref().unwrap_or("");
         let endpoints = endpoints(cx, key, port_name, service_port.target_port.as_ref());
         // BackendTLSPolicy: one for this port's name wins over one for the whole Service.
-        let tls = cx
+        let tls = match cx
             .backend_tls
             .get(&(key.clone(), Some(port_name.to_string())))
             .or_else(|| cx.backend_tls.get(&(key.clone(), None)))
-            .cloned();
+        {
+            None => None,
+            Some(Ok(tls)) => Some(tls.clone()),
+            // Not in plain text: the Service gets no traffic until its policy is fixed.
+            Some(Err(why)) => return Err(BackendError::InvalidTlsPolicy(format!("Service {key}: {why}"))),
+        };
         let http2 = matches!(
             service_port.app_protocol.as_deref(),
             Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2" | "kubernetes.io/h2")
@@ -89,13 +100,20 @@ pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>
 
 /// Validates every BackendTLSPolicy, writes its status, and records the TLS settings by target Service (and
 /// port name) for [`service_pool`].
+///
+/// CA references that do not resolve are reported (ResolvedRefs False); the valid ones are used. A policy with
+/// no usable CA (Accepted False NoValidCACertificate) or otherwise invalid still claims its targets, so that
+/// they get 5xx answers instead of plain text, unless a valid policy targets them too. Two valid policies for
+/// one target: the older wins, the other is Conflicted.
 pub fn translate_backend_tls_policies(cx: &mut Context<'_>) {
-    let policies: Vec<_> = cx.snapshot.backend_tls_policies.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+    let mut policies: Vec<_> = cx.snapshot.backend_tls_policies.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+    policies.sort_by_key(|(key, p)| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), key.clone()));
+    let mut invalid = Vec::new();
     for (key, policy) in policies {
         let reference = ResourceRef { kind: Kind::BackendTlsPolicy, key: key.clone() };
         let generation = policy.metadata.generation;
         let validation = &policy.spec.validation;
-        let mut problem: Option<(&str, String)> = None;
+        let mut unresolved: Option<(&str, String)> = None;
         let mut bundle = String::new();
         for (i, ca) in validation.ca_certificate_refs.iter().enumerate() {
             let field = format!("spec.validation.caCertificateRefs[{i}]");
@@ -112,7 +130,7 @@ pub fn translate_backend_tls_policies(cx: &mut Context<'_>) {
                         let message =
                             format!("{kind} in group {group:?} cannot hold CA certificates (ConfigMap or Secret)");
                         cx.error(&reference, field, message.clone());
-                        problem.get_or_insert(("InvalidKind", message));
+                        unresolved.get_or_insert(("InvalidKind", message));
                         continue;
                     }
                 };
@@ -121,42 +139,89 @@ pub fn translate_backend_tls_policies(cx: &mut Context<'_>) {
                 None => {
                     let message = format!("{} {object} has no PEM certificate under ca.crt", ca.kind);
                     cx.error(&reference, field, message.clone());
-                    problem.get_or_insert(("InvalidCACertificateRef", message));
+                    unresolved.get_or_insert(("InvalidCACertificateRef", message));
                 }
             }
         }
         let system = validation.well_known_ca_certificates.as_deref() == Some("System");
-        if bundle.is_empty() && !system && problem.is_none() {
-            let message = "set caCertificateRefs or wellKnownCACertificates: System".to_string();
-            cx.error(&reference, "spec.validation", message.clone());
-            problem = Some(("NoValidCACertificate", message));
+        let mut rejected: Option<(&str, String)> = None;
+        if bundle.is_empty() && !system {
+            let message = match &unresolved {
+                Some((_, why)) => format!("no usable CA certificate: {why}"),
+                None => {
+                    let message = "set caCertificateRefs or wellKnownCACertificates: System".to_string();
+                    cx.error(&reference, "spec.validation", message.clone());
+                    message
+                }
+            };
+            rejected = Some(("NoValidCACertificate", message));
         }
-        if let Err(message) = crate::hostname::validate(&validation.hostname) {
+        let hostname = crate::hostname::validate(&validation.hostname).and_then(|()| {
+            if validation.hostname.starts_with("*.") {
+                Err(format!("{:?} is a wildcard; the backend's name must be exact", validation.hostname))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(message) = hostname {
             cx.error(&reference, "spec.validation.hostname", message.clone());
-            problem.get_or_insert(("Invalid", message));
+            rejected.get_or_insert(("Invalid", message));
         }
-        let conditions = match &problem {
+        for (i, name) in validation.subject_alt_names.iter().enumerate() {
+            if name.hostname.is_none() {
+                cx.warning(
+                    &reference,
+                    format!("spec.validation.subjectAltNames[{i}]"),
+                    format!("{} subject alternative names are not verified yet (Hostname ones are)", name.kind),
+                );
+            }
+        }
+        let targets: Vec<(ObjectKey, Option<String>)> = policy
+            .spec
+            .target_refs
+            .iter()
+            .filter(|t| t.group.is_empty() && t.kind == "Service")
+            .map(|t| (ObjectKey::new(&key.namespace, &t.name), t.section_name.clone()))
+            .collect();
+        let accepted = match rejected {
+            Some((reason, message)) => {
+                invalid.push((targets, format!("BackendTLSPolicy {key} is not valid ({message})")));
+                not("Accepted", reason, message, generation)
+            }
             None => {
                 let tls = UpstreamTls {
                     server_name: Some(validation.hostname.clone()),
                     ca_pem: if bundle.is_empty() { None } else { Some(bundle) },
                     subject_alt_names: validation.subject_alt_names.iter().filter_map(|s| s.hostname.clone()).collect(),
                 };
-                for target in policy.spec.target_refs.iter().filter(|t| t.group.is_empty() && t.kind == "Service") {
-                    let service = ObjectKey::new(&key.namespace, &target.name);
-                    cx.backend_tls.insert((service, target.section_name.clone()), tls.clone());
+                let mut conflicts = Vec::new();
+                for target in targets {
+                    match cx.backend_tls.get(&target) {
+                        Some(_) => conflicts.push(target.0.to_string()),
+                        None => {
+                            cx.backend_tls.insert(target, Ok(tls.clone()));
+                        }
+                    }
                 }
-                vec![
-                    ok("Accepted", "Accepted", "Policy accepted", generation),
-                    ok("ResolvedRefs", "ResolvedRefs", "CA certificates resolved", generation),
-                ]
+                if conflicts.is_empty() {
+                    ok("Accepted", "Accepted", "Policy accepted", generation)
+                } else {
+                    let message = format!("an older BackendTLSPolicy already targets {}", conflicts.join(", "));
+                    cx.warning(&reference, "spec.targetRefs", message.clone());
+                    not("Accepted", "Conflicted", message, generation)
+                }
             }
-            Some((reason, message)) => vec![
-                not("Accepted", "Invalid", message.clone(), generation),
-                not("ResolvedRefs", reason, message.clone(), generation),
-            ],
         };
-        cx.set_status(reference, ResourceStatus::Conditions { conditions });
+        let resolved = match unresolved {
+            None => ok("ResolvedRefs", "ResolvedRefs", "CA certificates resolved", generation),
+            Some((reason, message)) => not("ResolvedRefs", reason, message, generation),
+        };
+        cx.set_status(reference, ResourceStatus::Conditions { conditions: vec![accepted, resolved] });
+    }
+    for (targets, message) in invalid {
+        for target in targets {
+            cx.backend_tls.entry(target).or_insert_with(|| Err(message.clone()));
+        }
     }
 }
 

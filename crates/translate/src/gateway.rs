@@ -37,6 +37,9 @@ pub struct ListenerInfo {
     pub ready: bool,
     /// A TLS listener in Passthrough mode.
     pub passthrough: bool,
+    /// Hostnames taken by accepted HTTPRoutes and GRPCRoutes: `(kind, namespace/name, hostnames)`. The Gateway
+    /// API lets only one of the two kinds serve a hostname on a listener.
+    pub claims: Vec<(&'static str, String, Vec<String>)>,
 }
 
 /// Which namespaces' routes a listener admits.
@@ -412,6 +415,7 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
         attached_routes: 0,
         ready: ready && protocol.is_some(),
         passthrough,
+        claims: Vec::new(),
     }
 }
 

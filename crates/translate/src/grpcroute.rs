@@ -3,38 +3,37 @@
 
 use crate::Context;
 use crate::gateway::GatewayInfo;
-use crate::httproute::{CompiledRule, RuleParts, finish_rule, push_routes, value_matches};
-use crate::route::{RouteProblems, RouteSource, attach, is_ours, oldest_first, validate_hostnames};
+use crate::httproute::{CompiledRule, RuleParts, finish_rule, first_line, push_routes, value_matches};
+use crate::route::{RouteProblems, RouteSource, attach, is_ours, validate_hostnames};
 use portico_ir::{Action, PathMatch, RouteMatch, Timeouts};
-use portico_resources::gateway::{GrpcMethodMatch, GrpcRouteRule};
-use portico_resources::{Kind, ResourceRef};
+use portico_resources::gateway::{GrpcMethodMatch, GrpcRoute, GrpcRouteRule};
+use portico_resources::{Kind, ObjectKey, ResourceRef};
 
-/// Translates every GRPCRoute that names one of Portico's Gateways.
-pub fn translate_grpc_routes(cx: &mut Context<'_>, gateways: &mut [GatewayInfo]) {
-    for (key, route) in oldest_first(&cx.snapshot.grpc_routes, |r| &r.metadata) {
-        let reference = ResourceRef { kind: Kind::GrpcRoute, key: key.clone() };
-        let source = RouteSource {
-            reference: &reference,
-            metadata: &route.metadata,
-            parent_refs: &route.spec.parent_refs,
-            hostnames: &route.spec.hostnames,
-        };
-        if !is_ours(cx, gateways, &source) {
-            continue;
-        }
-        let mut problems = RouteProblems::default();
-        let hostnames_valid = validate_hostnames(cx, &source, &mut problems);
-        let rules: Vec<Option<CompiledRule>> = route
-            .spec
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| compile_grpc_rule(cx, &reference, rule, i, &mut problems))
-            .collect();
-        let usable = hostnames_valid && (route.spec.rules.is_empty() || rules.iter().any(Option::is_some));
-        let attachments = attach(cx, gateways, &source, &problems, usable);
-        push_routes(cx, &attachments, &reference, &route.metadata, &rules, true);
+/// Translates one GRPCRoute, if it names one of Portico's Gateways (called, in order with HTTPRoutes, by
+/// [`crate::httproute::translate_http_and_grpc_routes`]).
+pub fn translate_grpc_route(cx: &mut Context<'_>, gateways: &mut [GatewayInfo], key: &ObjectKey, route: &GrpcRoute) {
+    let reference = ResourceRef { kind: Kind::GrpcRoute, key: key.clone() };
+    let source = RouteSource {
+        reference: &reference,
+        metadata: &route.metadata,
+        parent_refs: &route.spec.parent_refs,
+        hostnames: &route.spec.hostnames,
+    };
+    if !is_ours(cx, gateways, &source) {
+        return;
     }
+    let mut problems = RouteProblems::default();
+    let hostnames_valid = validate_hostnames(cx, &source, &mut problems);
+    let rules: Vec<Option<CompiledRule>> = route
+        .spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| compile_grpc_rule(cx, &reference, rule, i, &mut problems))
+        .collect();
+    let usable = hostnames_valid && (route.spec.rules.is_empty() || rules.iter().any(Option::is_some));
+    let attachments = attach(cx, gateways, &source, &problems, usable);
+    push_routes(cx, &attachments, &reference, &route.metadata, &rules, true);
 }
 
 fn compile_grpc_rule(
@@ -46,8 +45,10 @@ fn compile_grpc_rule(
 ) -> Option<CompiledRule> {
     let mut errors = Vec::new();
     let mut matches = Vec::new();
+    let mut precedence = Vec::new();
     if rule.matches.is_empty() {
         matches.push(RouteMatch::default());
+        precedence.push((0, 0));
     }
     for (m, spec) in rule.matches.iter().enumerate() {
         let field = format!("spec.rules[{index}].matches[{m}]");
@@ -57,6 +58,26 @@ fn compile_grpc_rule(
         };
         let headers = value_matches(&spec.headers, &format!("{field}.headers"), &mut errors);
         matches.push(RouteMatch { path, headers, ..RouteMatch::default() });
+        let names = spec.method.as_ref().map(|method| {
+            let length = |name: &Option<String>| name.as_deref().map_or(0, str::len);
+            (length(&method.service), length(&method.method))
+        });
+        precedence.push(names.unwrap_or((0, 0)));
+    }
+    // The filters a GRPCRoute may have; the others (redirects, rewrites, CORS) mean nothing to gRPC.
+    for (f, filter) in rule.filters.iter().enumerate() {
+        if !matches!(
+            filter.kind.as_str(),
+            "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror" | "ExtensionRef"
+        ) {
+            errors.push((
+                format!("spec.rules[{index}].filters[{f}].type"),
+                format!(
+                    "{} is not a GRPCRoute filter (RequestHeaderModifier, ResponseHeaderModifier, RequestMirror)",
+                    filter.kind
+                ),
+            ));
+        }
     }
     let parts = RuleParts {
         index,
@@ -67,6 +88,7 @@ fn compile_grpc_rule(
         session: rule.session_persistence.as_ref(),
     };
     let mut compiled = finish_rule(cx, reference, matches, parts, errors, problems)?;
+    compiled.grpc_precedence = precedence;
     // gRPC needs HTTP/2 to the backend whatever the Service's appProtocol says.
     if let Action::Forward(pools) = &mut compiled.action {
         for weighted in pools.iter_mut() {
@@ -89,28 +111,47 @@ fn compile_grpc_rule(
 fn method_path(method: &GrpcMethodMatch, field: &str, errors: &mut Vec<(String, String)>) -> PathMatch {
     let service = method.service.as_deref().filter(|s| !s.is_empty());
     let name = method.method.as_deref().filter(|m| !m.is_empty());
+    if service.is_none() && name.is_none() {
+        errors.push((format!("{field}.method"), "a method match needs a service or a method".into()));
+        return PathMatch::Prefix("/".into());
+    }
     match method.kind.as_deref().unwrap_or("Exact") {
-        "Exact" => match (service, name) {
-            (Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}")),
-            (Some(s), None) => PathMatch::Prefix(format!("/{s}")),
-            (None, Some(m)) => PathMatch::Regex(format!("/[^/]+/{}", regex::escape(m))),
-            (None, None) => {
-                errors.push((format!("{field}.method"), "a method match needs a service or a method".into()));
-                PathMatch::Prefix("/".into())
+        "Exact" => {
+            // The Gateway API's syntax: a dotted service name (an optional leading dot) and a method name.
+            if let Some(s) = service.filter(|s| !s.strip_prefix('.').unwrap_or(s).split('.').all(identifier)) {
+                errors.push((format!("{field}.method.service"), format!("{s:?} is not a gRPC service name")));
             }
-        },
+            if let Some(m) = name.filter(|m| !identifier(m)) {
+                errors.push((format!("{field}.method.method"), format!("{m:?} is not a gRPC method name")));
+            }
+            match (service, name) {
+                (Some(s), Some(m)) => PathMatch::Exact(format!("/{s}/{m}")),
+                (Some(s), None) => PathMatch::Prefix(format!("/{s}")),
+                (_, m) => PathMatch::Regex(format!("/[^/]+/{}", regex::escape(m.unwrap_or_default()))),
+            }
+        }
         "RegularExpression" => {
-            let service = service.unwrap_or("[^/]+");
-            let name = name.unwrap_or("[^/]+");
-            let pattern = format!("/{service}/{name}");
-            if let Err(e) = regex::Regex::new(&pattern) {
-                errors.push((format!("{field}.method"), format!("invalid regular expression: {e}")));
+            // Each part is matched on its own: grouped, an alternation cannot reach past its `/`.
+            for (part, value) in [("service", service), ("method", name)] {
+                if let Some(Err(e)) = value.map(regex::Regex::new) {
+                    errors.push((
+                        format!("{field}.method.{part}"),
+                        format!("invalid regular expression: {}", first_line(&e)),
+                    ));
+                }
             }
-            PathMatch::Regex(pattern)
+            let group = |value: Option<&str>| value.map_or_else(|| "[^/]+".to_string(), |v| format!("(?:{v})"));
+            PathMatch::Regex(format!("/{}/{}", group(service), group(name)))
         }
         other => {
             errors.push((format!("{field}.method.type"), format!("{other:?} is not Exact or RegularExpression")));
             PathMatch::Prefix("/".into())
         }
     }
+}
+
+/// A protobuf identifier: a letter or `_`, then letters, digits and `_`.
+fn identifier(name: &str) -> bool {
+    name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }

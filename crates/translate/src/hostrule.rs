@@ -43,6 +43,15 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
         if !ignored.is_empty() {
             remarks.push(format!("not applied (vendor-only): {}", ignored.join(", ")));
         }
+        // Everything else Portico does not read yet (tls, tcpSettings, useRegex, ...) is reported too.
+        let unsupported: Vec<&str> =
+            vhost.other.keys().map(String::as_str).filter(|f| !VENDOR_ONLY.contains(f)).collect();
+        for field in &unsupported {
+            cx.warning(&reference, format!("spec.virtualhost.{field}"), "not supported by Portico yet; not applied");
+        }
+        if !unsupported.is_empty() {
+            remarks.push(format!("not applied (not supported yet): {}", unsupported.join(", ")));
+        }
         let fqdn_type = vhost.fqdn_type.as_deref().unwrap_or("Exact");
         if fqdn_type != "Exact" {
             cx.warning(
@@ -56,8 +65,23 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
         for listener in cx.routes.listeners_mut() {
             if vhost.enable_virtual_host == Some(false) {
                 found |= listener.hosts.remove(&vhost.fqdn).is_some();
+                found |= listener.tls_routes.remove(&vhost.fqdn).is_some();
                 listener.certificates.retain(|c| c.hostname.as_deref() != Some(vhost.fqdn.as_str()));
                 continue;
+            }
+            // A name routed by SNI (TLSRoute, passthrough Ingress) takes its aliases too, or an alias would get
+            // only the port-80 redirect of a passthrough host and nothing on 443.
+            if let Some(tls_route) = listener.tls_routes.get(&vhost.fqdn).cloned() {
+                found = true;
+                if fqdn_type == "Exact" {
+                    for alias in &vhost.aliases {
+                        listener.tls_routes.entry(alias.clone()).or_insert_with(|| {
+                            let mut copy = tls_route.clone();
+                            copy.hostname = alias.clone();
+                            copy
+                        });
+                    }
+                }
             }
             let Some(routes) = listener.hosts.get(&vhost.fqdn).cloned() else {
                 continue;
@@ -175,11 +199,21 @@ fn apply_http_rules(cx: &mut Context<'_>) {
                     );
                     continue;
                 }
-                Some(tls) => Some(UpstreamTls {
-                    server_name: None,
-                    ca_pem: tls.destination_ca.clone(),
-                    subject_alt_names: Vec::new(),
-                }),
+                Some(tls) => {
+                    if let Some(profile) = &tls.ssl_profile {
+                        let message = format!(
+                            "SSL profile {profile:?} exists only inside the vendor's controller; Portico offers TLS \
+                             1.2 and 1.3 with its own cipher suites"
+                        );
+                        cx.warning(&reference, format!("spec.paths[{i}].tls.sslProfile"), message);
+                        remarks.push(format!("paths[{i}].tls.sslProfile {profile:?} not honoured"));
+                    }
+                    Some(UpstreamTls {
+                        server_name: None,
+                        ca_pem: tls.destination_ca.clone(),
+                        subject_alt_names: Vec::new(),
+                    })
+                }
                 None => None,
             };
             if upstream.is_none() && balance.is_empty() {
@@ -193,22 +227,34 @@ fn apply_http_rules(cx: &mut Context<'_>) {
             }
             let suffix = format!("{}/{i}", key.name);
             let mut pools = Vec::new();
+            let mut matched = false;
             for listener in cx.routes.listeners_mut() {
                 let routes =
                     listener.hosts.iter_mut().filter(|(host, _)| names.contains(host)).flat_map(|(_, r)| r.iter_mut());
                 for ranked in routes.filter(|r| under(&r.route.matcher.path, &path.target)) {
                     if let Action::Forward(backends) = &mut ranked.route.action {
                         for backend in backends.iter_mut() {
-                            if let Some(pool) = backend.pool.as_ref().filter(|p| !p.ends_with(&suffix)) {
-                                let variant = format!("{pool}+{suffix}");
-                                pools.push((pool.clone(), variant.clone()));
-                                backend.pool = Some(variant);
+                            let Some(pool) = backend.pool.as_ref().filter(|p| !p.ends_with(&suffix)) else {
+                                continue;
+                            };
+                            matched = true;
+                            // Settings that change nothing (say, an explicit round robin) make no variant.
+                            let unchanged = cx.out.ir.pools.get(pool).is_some_and(|p| {
+                                let mut balanced = p.balance.clone();
+                                balance.apply(&mut balanced);
+                                upstream.is_none() && balanced == p.balance
+                            });
+                            if unchanged {
+                                continue;
                             }
+                            let variant = format!("{pool}+{suffix}");
+                            pools.push((pool.clone(), variant.clone()));
+                            backend.pool = Some(variant);
                         }
                     }
                 }
             }
-            if pools.is_empty() {
+            if !matched {
                 remarks.push(format!("paths[{i}]: no route of {} under {}", rule.spec.fqdn, path.target));
             } else if path.tls.as_ref().is_some_and(|t| t.destination_ca.is_none()) {
                 cx.warning(

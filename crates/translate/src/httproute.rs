@@ -23,34 +23,56 @@ pub struct CompiledRule {
     pub action: Action,
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
+    /// GRPCRoute only: characters of the service and of the method each match names, which order gRPC matches
+    /// (the Gateway API's GRPCRoute precedence) instead of the path.
+    pub grpc_precedence: Vec<(usize, usize)>,
 }
 
-/// Translates every HTTPRoute that names one of Portico's Gateways.
-pub fn translate_http_routes(cx: &mut Context<'_>, gateways: &mut [GatewayInfo]) {
-    for (key, route) in oldest_first(&cx.snapshot.http_routes, |r| &r.metadata) {
-        let reference = ResourceRef { kind: Kind::HttpRoute, key: key.clone() };
-        let source = RouteSource {
-            reference: &reference,
-            metadata: &route.metadata,
-            parent_refs: &route.spec.parent_refs,
-            hostnames: &route.spec.hostnames,
-        };
-        if !is_ours(cx, gateways, &source) {
-            continue;
+/// Translates every HTTPRoute and GRPCRoute that names one of Portico's Gateways, both kinds in one order
+/// (oldest first, then by namespace/name), so that when an HTTPRoute and a GRPCRoute claim a hostname on one
+/// listener the older one gets it, as the Gateway API requires.
+pub fn translate_http_and_grpc_routes(cx: &mut Context<'_>, gateways: &mut [GatewayInfo]) {
+    let snapshot = cx.snapshot;
+    let http = oldest_first(&snapshot.http_routes, |r| &r.metadata).into_iter().map(|(k, r)| (k, &r.metadata, Ok(r)));
+    let grpc = oldest_first(&snapshot.grpc_routes, |r| &r.metadata).into_iter().map(|(k, r)| (k, &r.metadata, Err(r)));
+    let mut routes: Vec<_> = http.chain(grpc).collect();
+    routes.sort_by_key(|(key, metadata, _)| (metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
+    for (key, _, route) in routes {
+        match route {
+            Ok(route) => translate_http_route(cx, gateways, key, route),
+            Err(route) => crate::grpcroute::translate_grpc_route(cx, gateways, key, route),
         }
-        let mut problems = RouteProblems::default();
-        let hostnames_valid = validate_hostnames(cx, &source, &mut problems);
-        let rules: Vec<Option<CompiledRule>> = route
-            .spec
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| compile_rule(cx, &reference, rule, i, &mut problems))
-            .collect();
-        let usable = hostnames_valid && (route.spec.rules.is_empty() || rules.iter().any(Option::is_some));
-        let attachments = attach(cx, gateways, &source, &problems, usable);
-        push_routes(cx, &attachments, &reference, &route.metadata, &rules, false);
     }
+}
+
+fn translate_http_route(
+    cx: &mut Context<'_>,
+    gateways: &mut [GatewayInfo],
+    key: &ObjectKey,
+    route: &portico_resources::gateway::HttpRoute,
+) {
+    let reference = ResourceRef { kind: Kind::HttpRoute, key: key.clone() };
+    let source = RouteSource {
+        reference: &reference,
+        metadata: &route.metadata,
+        parent_refs: &route.spec.parent_refs,
+        hostnames: &route.spec.hostnames,
+    };
+    if !is_ours(cx, gateways, &source) {
+        return;
+    }
+    let mut problems = RouteProblems::default();
+    let hostnames_valid = validate_hostnames(cx, &source, &mut problems);
+    let rules: Vec<Option<CompiledRule>> = route
+        .spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| compile_rule(cx, &reference, rule, i, &mut problems))
+        .collect();
+    let usable = hostnames_valid && (route.spec.rules.is_empty() || rules.iter().any(Option::is_some));
+    let attachments = attach(cx, gateways, &source, &problems, usable);
+    push_routes(cx, &attachments, &reference, &route.metadata, &rules, false);
 }
 
 /// Adds compiled rules to the virtual hosts of each attachment, ranked for precedence. `grpc` marks routes
@@ -90,7 +112,17 @@ pub fn push_routes(
                         retry: rule.retry.clone(),
                         grpc,
                     };
-                    let rank = RouteRank::new(&ir_route, created.clone(), key.to_string(), rule_index, match_index);
+                    let rank = match rule.grpc_precedence.get(match_index) {
+                        Some(&(service, method)) => RouteRank::grpc(
+                            &ir_route,
+                            (service, method),
+                            created.clone(),
+                            key.to_string(),
+                            rule_index,
+                            match_index,
+                        ),
+                        None => RouteRank::new(&ir_route, created.clone(), key.to_string(), rule_index, match_index),
+                    };
                     routes.push(RankedRoute { rank, route: ir_route });
                 }
             }
@@ -165,6 +197,32 @@ fn compile_rule(
             &mut errors,
         ),
     };
+    // The Gateway API forbids a backendRequest timeout longer than the request timeout (0s is no limit).
+    if let (Some(request), Some(backend)) = (timeouts.request_ms, timeouts.backend_request_ms)
+        && backend > request
+    {
+        errors.push((
+            at(".timeouts.backendRequest".into()),
+            format!("{backend}ms is longer than the request timeout ({request}ms)"),
+        ));
+    }
+    if let Some(r) = &rule.retry {
+        if let Some(attempts) = r.attempts.filter(|a| *a > 5) {
+            cx.warning(
+                reference,
+                at(".retry.attempts".into()),
+                format!("{attempts} attempts asked; Portico makes at most 5"),
+            );
+        }
+        let ignored: Vec<i32> = r.codes.iter().copied().filter(|c| !(500..600).contains(c)).collect();
+        if !ignored.is_empty() {
+            cx.warning(
+                reference,
+                at(".retry.codes".into()),
+                format!("codes {ignored:?} are not retried (Portico retries 5xx answers and connection errors)"),
+            );
+        }
+    }
     let retry = rule.retry.as_ref().map(|r| Retry {
         attempts: u32::try_from(r.attempts.unwrap_or(1)).unwrap_or(0).min(5),
         codes: r.codes.iter().filter_map(|c| u16::try_from(*c).ok()).filter(|c| (500..600).contains(c)).collect(),
@@ -335,13 +393,15 @@ pub fn finish_rule(
     let mut action = action;
     let route_key = &reference.key;
     if let Some(settings) = cx.policies.get(reference.kind.as_str(), route_key).cloned() {
-        let suffix = format!("{}/{}", reference.kind.as_str().to_ascii_lowercase(), route_key.name);
+        // Named by kind, namespace and name: an HTTPRoute and a GRPCRoute, or routes of one name in two
+        // namespaces, can share a Service with different settings.
+        let suffix = format!("{}/{}", reference.kind.as_str().to_ascii_lowercase(), route_key);
         crate::policy::apply_to_action(cx, &mut action, &settings, &suffix);
     }
     if let Some(session) = parts.session {
         match crate::policy::session_persistence(session) {
             Ok(settings) => {
-                let suffix = format!("session/{}/{index}", route_key.name);
+                let suffix = format!("session/{}/{route_key}/{index}", reference.kind.as_str().to_ascii_lowercase());
                 crate::policy::apply_to_action(cx, &mut action, &settings, &suffix);
             }
             Err(message) => errors.push((at(".sessionPersistence".into()), message)),
@@ -349,7 +409,14 @@ pub fn finish_rule(
     }
 
     if errors.is_empty() {
-        Some(CompiledRule { matches, filters, action, timeouts: parts.timeouts, retry: parts.retry })
+        Some(CompiledRule {
+            matches,
+            filters,
+            action,
+            timeouts: parts.timeouts,
+            retry: parts.retry,
+            grpc_precedence: Vec::new(),
+        })
     } else {
         for (field, message) in errors.iter() {
             cx.error(reference, field.clone(), message.clone());
@@ -465,7 +532,7 @@ fn path_modifier(
     }
 }
 
-fn first_line(error: &regex::Error) -> String {
+pub fn first_line(error: &regex::Error) -> String {
     error.to_string().lines().last().unwrap_or("").trim().to_string()
 }
 

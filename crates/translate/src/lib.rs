@@ -9,6 +9,7 @@
 
 mod assemble;
 mod backend;
+mod dns;
 mod gateway;
 mod grpcroute;
 mod hostname;
@@ -21,6 +22,7 @@ mod route;
 mod tls;
 mod tlsroute;
 
+pub use dns::{DEFAULT_DNS_TTL, DnsOptions};
 use portico_ir::Ir;
 use portico_resources::status::{Condition, ResourceStatus};
 use portico_resources::{Diagnostic, ResourceRef, Snapshot};
@@ -43,6 +45,9 @@ pub struct TranslateOptions {
     pub ingress_addresses: Vec<IpAddr>,
     /// The address a Gateway gets when it requests none (standalone mode has no LoadBalancer Service).
     pub default_gateway_address: Option<IpAddr>,
+    /// DNS records to serve and publish (`ir.dns`); nothing is computed when no zone and no sync is set.
+    #[serde(default)]
+    pub dns: DnsOptions,
 }
 
 impl Default for TranslateOptions {
@@ -53,6 +58,7 @@ impl Default for TranslateOptions {
             default_ingress_class: None,
             ingress_addresses: vec![IpAddr::from([127, 0, 0, 1])],
             default_gateway_address: None,
+            dns: DnsOptions::default(),
         }
     }
 }
@@ -118,14 +124,14 @@ pub fn translate(snapshot: &Snapshot, options: &TranslateOptions) -> Translation
     backend::translate_backend_tls_policies(&mut cx);
     cx.policies = policy::index_backend_policies(&mut cx);
     let mut gateways = gateway::translate_gateways(&mut cx);
-    httproute::translate_http_routes(&mut cx, &mut gateways);
-    grpcroute::translate_grpc_routes(&mut cx, &mut gateways);
+    httproute::translate_http_and_grpc_routes(&mut cx, &mut gateways);
     tlsroute::translate_tls_routes(&mut cx, &mut gateways);
     gateway::write_gateway_statuses(&mut cx, &gateways);
     ingress::translate_ingresses(&mut cx);
     hostrule::apply_host_rules(&mut cx);
     let routes = std::mem::take(&mut cx.routes);
     cx.out.ir = routes.assemble(&mut cx.out.ir);
+    dns::translate_dns(&mut cx, &gateways);
     let mut out = cx.out;
     for diagnostic in &mut out.diagnostics {
         snapshot.locate(diagnostic);
@@ -143,8 +149,9 @@ pub(crate) struct Context<'a> {
     pub options: &'a TranslateOptions,
     pub out: Translation,
     pub routes: assemble::RouteTable,
-    /// Upstream TLS from BackendTLSPolicies, by target Service and optional port name.
-    pub backend_tls: BTreeMap<(portico_resources::ObjectKey, Option<String>), portico_ir::UpstreamTls>,
+    /// Upstream TLS from BackendTLSPolicies, by target Service and optional port name; `Err` (why) for a
+    /// policy that is not valid, whose Service gets no traffic rather than plain text.
+    pub backend_tls: BTreeMap<(portico_resources::ObjectKey, Option<String>), Result<portico_ir::UpstreamTls, String>>,
     /// BackendPolicies by target.
     pub policies: policy::PolicyIndex,
 }

@@ -135,15 +135,40 @@ pub fn attach(
                 hostname::intersect(gateway.listeners[i].hostname.as_deref(), source.hostnames).map(|h| (i, h))
             })
             .collect();
+        // An HTTPRoute and a GRPCRoute whose hostnames intersect on a listener: only the older is accepted there
+        // (routes come oldest first, so a claim already made by the other kind wins).
+        let other_kind = match kind {
+            "HTTPRoute" => Some("GRPCRoute"),
+            "GRPCRoute" => Some("HTTPRoute"),
+            _ => None,
+        };
+        let mut conflicts = Vec::new();
+        let serving: Vec<&(usize, Vec<String>)> = attached
+            .iter()
+            .filter(|(i, names)| {
+                let claim = gateway.listeners[*i].claims.iter().find(|(claimant, _, claimed)| {
+                    Some(*claimant) == other_kind && names.iter().any(|n| claimed.iter().any(|c| overlap(n, c)))
+                });
+                if let Some((claimant, by, _)) = claim {
+                    conflicts.push(format!(
+                        "{claimant} {by} already serves these hostnames on listener {}",
+                        gateway.listeners[*i].name
+                    ));
+                }
+                claim.is_none()
+            })
+            .collect();
         let accepted = if candidates.is_empty() {
             Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".to_string()))
         } else if admitted.is_empty() {
             Err(("NotAllowedByListeners", format!("the listeners' allowedRoutes do not admit this {kind}")))
         } else if attached.is_empty() {
             Err(("NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames".to_string()))
+        } else if serving.is_empty() {
+            Err(("Conflicted", conflicts.join("; ")))
         } else if !usable {
             Err(("UnsupportedValue", problems.invalid_rules.join("; ")))
-        } else if !attached.iter().any(|(i, _)| gateway.listeners[*i].ready) {
+        } else if !serving.iter().any(|(i, _)| gateway.listeners[*i].ready) {
             Err((
                 "NoReadyListeners",
                 "the route attaches only to listeners that are not programmed (see the Gateway's status)".to_string(),
@@ -175,7 +200,10 @@ pub fn attach(
             gateway.listeners[*listener_index].attached_routes += 1;
         }
         if accepted.is_ok() {
-            for (listener_index, hostnames) in attached {
+            for (listener_index, hostnames) in serving.into_iter().cloned() {
+                if other_kind.is_some() {
+                    gateway.listeners[listener_index].claims.push((kind, key.to_string(), hostnames.clone()));
+                }
                 let listener = &gateway.listeners[listener_index];
                 let Some(protocol) = listener.protocol.filter(|_| listener.ready) else {
                     continue;
@@ -199,4 +227,9 @@ pub fn attach(
     }
     cx.set_status(source.reference.clone(), ResourceStatus::Route(RouteStatus { parents }));
     attachments
+}
+
+/// Whether two hostnames (exact, `*.suffix` or `*`) can name the same host.
+fn overlap(a: &str, b: &str) -> bool {
+    a == "*" || b == "*" || hostname::covers(a, b) || hostname::covers(b, a)
 }

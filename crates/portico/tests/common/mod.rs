@@ -21,17 +21,25 @@ pub struct Portico {
     pub child: Child,
     pub admin: SocketAddr,
     pub log: PathBuf,
-    _state: tempfile::TempDir,
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Portico {
     /// Starts `portico run` with the given extra arguments and waits until /readyz answers 200.
     pub fn start(config_dirs: &[&Path], admin_port: u16, extra: &[&str]) -> Portico {
         let state = tempfile::tempdir().expect("state dir");
+        let mut portico = Portico::start_with_state(config_dirs, admin_port, extra, state.path());
+        portico._state = Some(state);
+        portico
+    }
+
+    /// Like [`Portico::start`], with a state directory the caller keeps (to restart on the same state).
+    pub fn start_with_state(config_dirs: &[&Path], admin_port: u16, extra: &[&str], state: &Path) -> Portico {
         let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("admin address");
-        let log = state.path().join("portico.log");
+        let log = state.join(format!("portico-{}.log", std::process::id()));
+        let log = if log.exists() { state.join(format!("portico-{}-again.log", std::process::id())) } else { log };
         let mut command = Command::new(env!("CARGO_BIN_EXE_portico"));
-        command.arg("run").arg("--admin").arg(admin.to_string()).arg("--state-dir").arg(state.path());
+        command.arg("run").arg("--admin").arg(admin.to_string()).arg("--state-dir").arg(state);
         for dir in config_dirs {
             command.arg("--config").arg(dir);
         }
@@ -39,7 +47,7 @@ impl Portico {
         let log_file = std::fs::File::create(&log).expect("log file");
         command.stdout(Stdio::null()).stderr(log_file).env("RUST_LOG", "info");
         let child = command.spawn().expect("start portico");
-        let portico = Portico { child, admin, log, _state: state };
+        let portico = Portico { child, admin, log, _state: None };
         portico.wait_ready();
         portico
     }
