@@ -393,6 +393,12 @@ impl fmt::Debug for SecretPem {
     }
 }
 
+impl fmt::Display for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 impl Serialize for SecretPem {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("<redacted>")

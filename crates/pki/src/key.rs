@@ -181,7 +181,7 @@ impl PrivateKey {
 
     /// The key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), wrapped so it is not printed by accident.
     pub fn to_pem(&self) -> SecretPem {
-        SecretPem(pem_encode("PRIVATE KEY", &self.pkcs8))
+        SecretPem::new(pem_encode("PRIVATE KEY", &self.pkcs8))
     }
 
     /// The raw public key (the bits of the SubjectPublicKeyInfo), to compare with a certificate's.
@@ -206,34 +206,9 @@ fn rsa_bits(rsa_public_key: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// PEM text holding a private key. `Debug` and `Display` print `[redacted]`; [`SecretPem::expose`] gives
-/// the text to whoever must write it out.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretPem(String);
-
-impl SecretPem {
-    /// Wraps PEM text.
-    pub fn new(pem: String) -> Self {
-        SecretPem(pem)
-    }
-
-    /// The PEM text itself. Write it to a 0600 file or a Secret; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretPem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretPem([redacted])")
-    }
-}
-
-impl fmt::Display for SecretPem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted private key]")
-    }
-}
+/// PEM text holding a private key: the one type for keys in every crate, whose `Debug`, `Display` and
+/// `Serialize` never show it.
+pub use portico_ir::SecretPem;
 
 /// Encodes DER as PEM with 64-character lines.
 pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
