@@ -32,10 +32,13 @@ pub async fn command(command: DnsCommand) -> anyhow::Result<()> {
             "no DNS configured: pass --config-file with a `dns:` section (see examples/article/portico.yaml)"
         );
     };
-    let loaded = crate::load_once(args)?;
+    let mut loaded = crate::load_once(args)?;
     for diagnostic in &loaded.diagnostics {
         eprintln!("{diagnostic}");
     }
+    // As `portico validate`: certificates are issued in memory, so listeners that wait for one count as ready.
+    let mut certs = crate::certs::CertManager::new(None, args.cluster_resource_namespace.clone());
+    certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now());
     let translation = portico_translate::translate(&loaded.snapshot, &file.translate_options(args.translate.options()));
     for diagnostic in &translation.diagnostics {
         eprintln!("{diagnostic}");

@@ -149,7 +149,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // hickory's server logs every DNS query at info (and a benign warning per DNSSEC-OK query).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=error")),
         )
         .with_writer(std::io::stderr)
         .init();

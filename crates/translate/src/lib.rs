@@ -5,7 +5,7 @@
 //! golden tests (`testdata/NAME.in.yaml` -> `NAME.out.yaml`) pin its behaviour. The stages are:
 //! [`gateway`] (classes, Gateways, listeners) -> [`httproute`] (attach routes, resolve references) and
 //! [`ingress`] -> [`hostrule`] (operator overlays) -> [`assemble`] (order virtual hosts and routes into
-//! the IR).
+//! the IR) -> [`dns`] (the records to serve and to publish, when DNS is configured).
 
 mod assemble;
 mod backend;
