@@ -144,7 +144,15 @@ impl CertManager {
                     vec![Condition::new("Ready", true, "Ready", message, generation)]
                 }
                 Err((reason, message)) => {
-                    self.errors.push(portico_resources::Diagnostic::error(reference.clone(), "spec", message.clone()));
+                    // The Certificate's own problem is a warning: it is not served, but the files are valid
+                    // (cert-manager too just shows it not Ready). A broken issuer is reported as an error.
+                    let spec_field = if *reason == "InvalidRequest" { "spec" } else { "spec.issuerRef" };
+                    let diagnostic = if *reason == "InvalidRequest" {
+                        portico_resources::Diagnostic::error(reference.clone(), spec_field, message.clone())
+                    } else {
+                        portico_resources::Diagnostic::warning(reference.clone(), spec_field, message.clone())
+                    };
+                    self.errors.push(diagnostic);
                     vec![
                         Condition::new("Ready", false, reason, message.clone(), generation),
                         Condition::new("Issuing", true, reason, message.clone(), generation),

@@ -171,4 +171,20 @@ if [ -f "$RULES" ]; then
   cat "$WORK/rules.yaml" > "$RULES"
 fi
 done
-echo "regenerated $HERE and refreshed common/tls-secret.yaml and the flavours' rules.yaml"
+# The team's ClusterIssuer (common/clusterissuer.yaml) signs with the sub CA: its Secret, as `portico ca secret`
+# writes it (namespace cert-manager, the cluster resource namespace).
+{
+  echo '# CA issuer key pair for the example sub CA (test material; regenerate with tls/make.sh).'
+  echo 'apiVersion: v1'
+  echo 'kind: Secret'
+  echo 'type: kubernetes.io/tls'
+  echo 'metadata:'
+  echo '  name: tanzu-sub01-tls-secret'
+  echo '  namespace: cert-manager'
+  echo 'data:'
+  echo "  tls.crt: $(base64 -w0 sub-ca.crt)"
+  echo "  tls.key: $(base64 -w0 sub-ca.key)"
+  echo "  ca.crt: $(base64 -w0 root-ca.crt)"
+} > "$ARTICLE/common/issuer-secret.yaml"
+chmod 600 "$ARTICLE/common/issuer-secret.yaml"
+echo "regenerated $HERE and refreshed common/tls-secret.yaml, common/issuer-secret.yaml and the flavours' rules.yaml"
