@@ -43,9 +43,12 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
         if !ignored.is_empty() {
             remarks.push(format!("not applied (vendor-only): {}", ignored.join(", ")));
         }
-        // Everything else Portico does not read yet (tls, tcpSettings, useRegex, ...) is reported too.
+        // `tls.sslKeyCertificate` of type secret overrides the certificate of the FQDN (and its aliases).
+        let certificate =
+            vhost.other.get("tls").and_then(|tls| host_rule_certificate(cx, &reference, tls, &mut remarks));
+        // Everything else Portico does not read yet (tcpSettings, useRegex, ...) is reported too.
         let unsupported: Vec<&str> =
-            vhost.other.keys().map(String::as_str).filter(|f| !VENDOR_ONLY.contains(f)).collect();
+            vhost.other.keys().map(String::as_str).filter(|f| !VENDOR_ONLY.contains(f) && *f != "tls").collect();
         for field in &unsupported {
             cx.warning(&reference, format!("spec.virtualhost.{field}"), "not supported by Portico yet; not applied");
         }
@@ -90,6 +93,15 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
             if fqdn_type != "Exact" {
                 continue;
             }
+            if let Some(name) = &certificate
+                && listener.protocol.is_tls()
+            {
+                // A HostRule certificate overrides the Ingress's or Gateway's for this name, as in the operator.
+                listener.certificates.retain(|c| c.hostname.as_deref() != Some(vhost.fqdn.as_str()));
+                listener
+                    .certificates
+                    .push(portico_ir::SniCertificate { hostname: Some(vhost.fqdn.clone()), certificate: name.clone() });
+            }
             let certificates: Vec<_> = listener
                 .certificates
                 .iter()
@@ -116,6 +128,58 @@ pub fn apply_host_rules(cx: &mut Context<'_>) {
             reference,
             ResourceStatus::Conditions { conditions: vec![ok("Accepted", "Accepted", message, generation)] },
         );
+    }
+}
+
+/// The certificate a HostRule's `tls` names: `sslKeyCertificate` of type `secret` (a `kubernetes.io/tls` Secret
+/// in the HostRule's namespace) is loaded into the IR; a `ref` (an object inside the vendor's controller),
+/// `alternateCertificate`, `sslProfile` and `termination` are reported.
+fn host_rule_certificate(
+    cx: &mut Context<'_>,
+    reference: &ResourceRef,
+    tls: &serde_json::Value,
+    remarks: &mut Vec<String>,
+) -> Option<String> {
+    for field in ["sslProfile", "termination"] {
+        if tls.get(field).is_some() {
+            cx.warning(reference, format!("spec.virtualhost.tls.{field}"), "not supported by Portico yet; not applied");
+            remarks.push(format!("tls.{field} not applied"));
+        }
+    }
+    let key_cert = tls.get("sslKeyCertificate")?;
+    if key_cert.get("alternateCertificate").is_some() {
+        cx.warning(
+            reference,
+            "spec.virtualhost.tls.sslKeyCertificate.alternateCertificate",
+            "not supported yet; not applied",
+        );
+        remarks.push("tls.sslKeyCertificate.alternateCertificate not applied".into());
+    }
+    let name = key_cert.get("name").and_then(|n| n.as_str()).unwrap_or("");
+    match key_cert.get("type").and_then(|t| t.as_str()).unwrap_or("secret") {
+        "secret" => {
+            let key = ObjectKey::new(&reference.key.namespace, name);
+            match crate::tls::load_certificate(cx.snapshot, &key) {
+                Ok(certificate) => {
+                    cx.out.ir.certificates.insert(key.to_string(), certificate);
+                    Some(key.to_string())
+                }
+                Err(crate::tls::CertError::NotFound(m) | crate::tls::CertError::Invalid(m)) => {
+                    cx.error(reference, "spec.virtualhost.tls.sslKeyCertificate.name", m.clone());
+                    remarks.push(format!("certificate not applied: {m}"));
+                    None
+                }
+            }
+        }
+        other => {
+            cx.warning(
+                reference,
+                "spec.virtualhost.tls.sslKeyCertificate.type",
+                format!("type {other} names an object inside the vendor's controller; use type secret"),
+            );
+            remarks.push(format!("tls.sslKeyCertificate of type {other} not applied"));
+            None
+        }
     }
 }
 
