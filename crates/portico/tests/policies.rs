@@ -87,6 +87,12 @@ async fn backend_tls_policy_reencrypts_and_refuses_an_unknown_ca() {
         + &service("rogue", rogue.https_addr.expect("https").port())
         + &policy("secure")
         + &policy("rogue")
+        + &service("by-san", backends.https_port(0))
+        + &service("wrong-name", backends.https_port(0))
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: by-san}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: by-san}]\n  validation:\n    caCertificateRefs: [{group: \"\", kind: ConfigMap, name: example-ca}]\n    hostname: sni-only.example\n    subjectAltNames: [{type: Hostname, hostname: app01-aclab-nginx-pink-svc.dev.svc}]\n"
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: wrong-name}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: wrong-name}]\n  validation:\n    caCertificateRefs: [{group: \"\", kind: ConfigMap, name: example-ca}]\n    hostname: sni-only.example\n"
+        + &route("by-san", "san.example", "backendRefs: [{name: by-san, port: 80}]")
+        + &route("wrong-name", "wrong.example", "backendRefs: [{name: wrong-name, port: 80}]")
         + &route("secure", "secure.example", "backendRefs: [{name: secure, port: 80}]")
         + &route("rogue", "rogue.example", "backendRefs: [{name: rogue, port: 80}]");
     std::fs::write(dir.path().join("config.yaml"), config).expect("write");
@@ -97,6 +103,9 @@ async fn backend_tls_policy_reencrypts_and_refuses_an_unknown_ca() {
     assert_eq!(secure.status, 200);
     assert_eq!(secure.header("x-testapp-proto"), "https", "the backend received TLS");
     assert_eq!(get(vip, "rogue.example", "/green").await.status, 502, "a certificate from another CA is refused");
+    // The certificate must carry the policy's hostname, or one of its subjectAltNames when those are given.
+    assert_eq!(get(vip, "wrong.example", "/green").await.status, 502, "a certificate without the hostname is refused");
+    assert_eq!(get(vip, "san.example", "/green").await.status, 200, "a certificate with a listed SAN is accepted");
     let status: serde_json::Value = serde_json::from_str(&portico.admin_get("/api/status")).expect("status");
     assert_eq!(status["statuses"]["BackendTLSPolicy/default/secure"]["conditions"][0]["status"], "True");
 }

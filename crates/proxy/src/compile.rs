@@ -215,7 +215,7 @@ impl Compiled {
         for (name, pool) in &ir.pools {
             let (client, scheme) = match &pool.tls {
                 Some(tls) => {
-                    let config = crate::upstream::client_config(tls.ca_pem.as_deref())?;
+                    let config = crate::upstream::client_config(tls.ca_pem.as_deref(), &tls.subject_alt_names)?;
                     (crate::upstream::tls_client(config, tls.server_name.as_deref(), pool.http2)?, "https")
                 }
                 None if pool.http2 => (shared.h2c.clone(), "http"),

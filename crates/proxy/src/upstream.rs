@@ -31,7 +31,7 @@ fn build(https: HttpsConnector<HttpConnector>, http2: bool) -> HttpClient {
 /// A client for plain-text pools: HTTP/1.1, or HTTP/2 with prior knowledge (h2c) when `http2`.
 pub fn plain_client(http2: bool) -> Result<HttpClient, ProxyError> {
     // The TLS side is never used for http:// URIs; it still needs settings.
-    let tls = client_config(None)?;
+    let tls = client_config(None, &[])?;
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
     let https = if http2 {
         builder.enable_http2().wrap_connector(connector())
@@ -65,8 +65,10 @@ pub fn tls_client(
     Ok(build(https, http2))
 }
 
-/// TLS 1.2+ client settings trusting `ca_pem`, or the web PKI's roots when `None`.
-pub fn client_config(ca_pem: Option<&str>) -> Result<rustls::ClientConfig, ProxyError> {
+/// TLS 1.2+ client settings trusting `ca_pem`, or the web PKI's roots when `None`. With `subject_alt_names`
+/// the backend's certificate must carry one of those names (BackendTLSPolicy `subjectAltNames`) instead of
+/// the server name sent by SNI.
+pub fn client_config(ca_pem: Option<&str>, subject_alt_names: &[String]) -> Result<rustls::ClientConfig, ProxyError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_pem {
         Some(pem) => {
@@ -80,10 +82,75 @@ pub fn client_config(ca_pem: Option<&str>) -> Result<rustls::ClientConfig, Proxy
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ProxyError::Config(format!("TLS versions: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .map_err(|e| ProxyError::Config(format!("TLS versions: {e}")))?;
+    if subject_alt_names.is_empty() {
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| ProxyError::Config(format!("CA bundle: {e}")))?;
+    let names = subject_alt_names
+        .iter()
+        .map(|n| {
+            rustls::pki_types::ServerName::try_from(n.clone())
+                .map_err(|_| ProxyError::Config(format!("{n:?} is not a valid subject alternative name")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SanVerifier { inner, names }))
+        .with_no_client_auth())
+}
+
+/// Verifies the chain as usual, but accepts the certificate when it is valid for any of `names` (rather
+/// than for the SNI name): the Gateway API's BackendTLSPolicy `subjectAltNames`.
+#[derive(Debug)]
+struct SanVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    names: Vec<rustls::pki_types::ServerName<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no subject alternative name to verify".into());
+        for name in &self.names {
+            match self.inner.verify_server_cert(end_entity, intermediates, name, ocsp_response, now) {
+                Ok(verified) => return Ok(verified),
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
