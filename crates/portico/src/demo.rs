@@ -41,6 +41,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 ingress_addresses: vec![[127, 0, 0, 11].into()],
                 gateway_address: None,
                 default_ingress_class: None,
+                default_certificate: None,
             },
         },
         state_dir: ".portico".into(),

@@ -81,6 +81,11 @@ struct TranslateArgs {
     /// Ingresses without a class belong to Portico under this class name.
     #[arg(long, value_name = "NAME")]
     default_ingress_class: Option<String>,
+    /// Secret (`namespace/name`) of the default certificate: served by HTTPS listeners without
+    /// certificateRefs and Ingress tls entries without a secretName. Issue it with a Certificate, e.g. the
+    /// operator's convention `avi-system/router-certs-default`.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    default_certificate: Option<String>,
 }
 
 impl TranslateArgs {
@@ -89,6 +94,7 @@ impl TranslateArgs {
             ingress_addresses: self.ingress_addresses.clone(),
             default_gateway_address: self.gateway_address,
             default_ingress_class: self.default_ingress_class.clone(),
+            default_certificate: self.default_certificate.clone(),
             ..TranslateOptions::default()
         }
     }

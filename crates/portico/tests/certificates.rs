@@ -257,3 +257,39 @@ fn issuer_failures_are_reported_by_validate() {
     assert!(text.contains("Certificate/default/web: Ready=False(IssuerNotReady)"), "{text}");
     assert!(!text.contains("PRIVATE KEY"), "no key material in messages");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_certificate_is_issued_and_served_for_hosts_without_a_secret() {
+    let backends = Backends::start(&["web"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_pki(dir.path());
+    let config = dir.path().join("config");
+    // The team's default ingress certificate (avi-system/router-certs-default), issued by their ClusterIssuer.
+    for (from, to) in [("default-ingress-cert.yaml", "default-cert.yaml"), ("clusterissuer.yaml", "clusterissuer.yaml")]
+    {
+        std::fs::copy(repo().join("../shared/fixtures/article/platform").join(from), config.join(to)).expect("fixture");
+    }
+    let ingress = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: avi-lb}}\nspec: {{controller: portico.dev/ingress-controller}}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: dev}}\nspec:\n  ingressClassName: avi-lb\n  tls: [{{hosts: [web.aclab.uk]}}]\n  rules:\n  - host: web.aclab.uk\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: dev}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web, namespace: dev, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: \"\", port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+        backends.http_port(0)
+    );
+    std::fs::write(config.join("ingress.yaml"), ingress).expect("write");
+    let _portico = Portico::start(
+        &[&config],
+        20004,
+        &["--ingress-address", "127.0.0.105", "--default-certificate", "avi-system/router-certs-default"],
+    );
+    let root = dir.path().join("root.crt");
+    let tcp = tokio::net::TcpStream::connect("127.0.0.105:443").await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("web.aclab.uk").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(tls_config(&root, false))
+        .connect(name, tcp)
+        .await
+        .expect("the default certificate (*.aclab.uk) verifies against the root");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP");
+    tokio::spawn(connection);
+    let request =
+        http::Request::get("/blue").header("host", "web.aclab.uk").body(Empty::<Bytes>::new()).expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+}

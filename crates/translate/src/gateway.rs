@@ -189,6 +189,14 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
             .map(|r| format!("{}/{}", r.namespace.as_deref().unwrap_or(&key.namespace), r.name))
             .filter(|name| cx.out.ir.certificates.contains_key(name))
             .collect();
+        let defaulted = spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.certificate_refs.is_empty() && t.mode.as_deref() != Some("Passthrough"));
+        let certificates = match (&cx.options.default_certificate, defaulted) {
+            (Some(default), true) if cx.out.ir.certificates.contains_key(default) => vec![default.clone()],
+            _ => certificates,
+        };
         for ip in &addresses {
             if let Ok(entry) = cx.routes.listener(socket(*ip, listener.port), protocol, &reference.to_string()) {
                 for certificate in &certificates {
@@ -332,7 +340,14 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
         }
         let mut usable = 0;
         let mut problems = Vec::new();
-        if tls.certificate_refs.is_empty() {
+        if tls.certificate_refs.is_empty() && cx.options.default_certificate.is_some() {
+            // No certificateRefs: the default certificate serves this listener.
+            if cx.default_certificate(reference, &field(".tls")).is_some() {
+                usable += 1;
+            } else {
+                problems.push(("InvalidCertificateRef", "the default certificate is not usable".to_string()));
+            }
+        } else if tls.certificate_refs.is_empty() {
             problems.push(("InvalidCertificateRef", "a terminating listener needs tls.certificateRefs".to_string()));
             cx.error(
                 reference,

@@ -71,8 +71,15 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
     let created = ingress.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
     let owner = reference.to_string();
 
-    // TLS: which hosts get HTTPS, with which certificate.
+    // TLS: which hosts get HTTPS, with which certificate. The operator's `ako.vmware.com/enable-tls: "true"`
+    // serves every rule host with the default certificate.
     let mut tls_hosts: Vec<(Option<String>, Option<String>)> = Vec::new();
+    if annotations.get("ako.vmware.com/enable-tls").is_some_and(|v| v == "true") {
+        let certificate = cx.default_certificate(&reference, "metadata.annotations");
+        for host in spec.rules.iter().flatten().filter_map(|r| r.host.clone()) {
+            tls_hosts.push((Some(host), certificate.clone()));
+        }
+    }
     for (i, tls) in spec.tls.iter().flatten().enumerate() {
         let certificate = match &tls.secret_name {
             Some(secret) => {
@@ -88,7 +95,7 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
                     }
                 }
             }
-            None => None,
+            None => cx.default_certificate(&reference, &format!("spec.tls[{i}]")),
         };
         let hosts = tls.hosts.clone().unwrap_or_default();
         if hosts.is_empty() {

@@ -43,6 +43,11 @@ pub struct TranslateOptions {
     pub default_ingress_class: Option<String>,
     /// The VIPs that Ingresses are served on.
     pub ingress_addresses: Vec<IpAddr>,
+    /// `namespace/name` of the default certificate's Secret: served by HTTPS listeners without
+    /// certificateRefs and Ingress `tls` entries without a secretName (the operator's default ingress
+    /// certificate, e.g. a Certificate issued into `avi-system/router-certs-default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_certificate: Option<String>,
     /// The address a Gateway gets when it requests none (standalone mode has no LoadBalancer Service).
     pub default_gateway_address: Option<IpAddr>,
     /// DNS records to serve and publish (`ir.dns`); nothing is computed when no zone and no sync is set.
@@ -58,6 +63,7 @@ impl Default for TranslateOptions {
             default_ingress_class: None,
             ingress_addresses: vec![IpAddr::from([127, 0, 0, 1])],
             default_gateway_address: None,
+            default_certificate: None,
             dns: DnsOptions::default(),
         }
     }
@@ -157,6 +163,24 @@ pub(crate) struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// The default certificate, loaded into the IR; `None` (with a diagnostic naming `resource`) when it is
+    /// not configured or not usable.
+    pub fn default_certificate(&mut self, resource: &ResourceRef, field: &str) -> Option<String> {
+        let name = self.options.default_certificate.clone()?;
+        let (namespace, secret) = name.split_once('/').unwrap_or(("default", name.as_str()));
+        let key = portico_resources::ObjectKey::new(namespace, secret);
+        match tls::load_certificate(self.snapshot, &key) {
+            Ok(certificate) => {
+                self.out.ir.certificates.insert(key.to_string(), certificate);
+                Some(key.to_string())
+            }
+            Err(tls::CertError::NotFound(m) | tls::CertError::Invalid(m)) => {
+                self.error(resource, field, format!("the default certificate is not usable: {m}"));
+                None
+            }
+        }
+    }
+
     pub fn error(&mut self, resource: &ResourceRef, field: impl Into<String>, message: impl Into<String>) {
         self.out.diagnostics.push(Diagnostic::error(resource.clone(), field, message));
     }
