@@ -245,7 +245,13 @@ impl CertManager {
             _ => match self.store.as_ref().map(|s| s.load(&key.namespace, &key.name, &request)) {
                 Some(Ok(found)) => found,
                 Some(Err(error)) => {
+                    // A corrupt or foreign file is never used: reported, then replaced by a new issuance.
                     tracing::warn!(certificate = %key, %error, "stored certificate not used; issuing a new one");
+                    self.errors.push(portico_resources::Diagnostic::warning(
+                        ResourceRef { kind: Kind::Certificate, key: key.clone() },
+                        "",
+                        format!("stored certificate not used, issuing a new one: {error}"),
+                    ));
                     None
                 }
                 None => None,

@@ -181,6 +181,16 @@ async fn the_article_certificate_is_issued_from_a_portico_ca_and_survives_restar
     assert_eq!(status, 200);
     assert_eq!(again[0], chain[0], "restart re-uses the stored certificate");
     drop(second);
+
+    // A corrupt stored file is reported and replaced, never used.
+    std::fs::write(&key_file, "{\"version\": 1, \"tls_crt\": \"garbage\"").expect("corrupt the store");
+    let third = Portico::start_with_state(&[&config], 20005, &["--default-namespace", "dev"], state.path());
+    let (status, replaced) = fetch(vip, &root).await;
+    assert_eq!(status, 200);
+    assert_ne!(replaced[0], chain[0], "a new certificate replaces the corrupt file");
+    let report = third.admin_get("/api/status");
+    assert!(report.contains("stored certificate not used"), "{report}");
+    drop(third);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
