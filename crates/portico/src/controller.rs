@@ -50,6 +50,8 @@ pub struct Controller {
     certs: crate::certs::CertManager,
     /// The provider's last load, re-applied when a certificate is due.
     last_loaded: Option<Loaded>,
+    /// Statuses of the last apply, for providers that write them back.
+    statuses: std::collections::BTreeMap<ResourceRef, serde_json::Value>,
 }
 
 impl Controller {
@@ -72,7 +74,13 @@ impl Controller {
             last_good: HashMap::new(),
             certs,
             last_loaded: None,
+            statuses: Default::default(),
         }
+    }
+
+    /// Statuses of the last apply (Kubernetes writes them back).
+    pub fn statuses(&self) -> std::collections::BTreeMap<ResourceRef, serde_json::Value> {
+        self.statuses.clone()
     }
 
     /// How long until a certificate must be renewed (the control loop calls [`Controller::renew`] then).
@@ -101,6 +109,11 @@ impl Controller {
         let mut loaded = loaded;
         self.certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now());
         let (mut translation, served, kept) = translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
+        self.statuses = translation
+            .statuses
+            .iter()
+            .filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v)))
+            .collect();
         translation.statuses.extend(self.certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
         translation.diagnostics.extend(self.certs.errors().iter().cloned());
         self.generation += 1;

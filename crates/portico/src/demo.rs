@@ -35,6 +35,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         source: SourceArgs {
             config: vec![args.example.join("common"), args.example.join(&args.flavour)],
             default_namespace: "dev".into(),
+            kubernetes: false,
+            kubeconfig: None,
             cluster_resource_namespace: "cert-manager".into(),
             config_file: None,
             translate: TranslateArgs {

@@ -54,8 +54,15 @@ enum Command {
 #[derive(Args, Clone)]
 struct SourceArgs {
     /// Directory (read recursively) or file of Kubernetes manifests; repeatable.
-    #[arg(long = "config", short = 'c', value_name = "DIR", required = true)]
+    #[arg(long = "config", short = 'c', value_name = "DIR", required_unless_present = "kubernetes")]
     config: Vec<PathBuf>,
+    /// Read resources from a Kubernetes API server (in-cluster, or --kubeconfig / $KUBECONFIG) instead of files,
+    /// and write statuses back.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The kubeconfig for --kubernetes.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     /// Namespace of objects that name none (helm output names none).
     #[arg(long, default_value = "default")]
     default_namespace: String,
@@ -262,8 +269,15 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     let view = Arc::new(ArcSwap::from_pointee(controller::View { dns, ..controller::View::default() }));
     let admin = admin::serve(args.admin, view.clone(), metrics.clone(), proxy.clone()).await?;
     tracing::info!(%admin, "admin endpoint");
-    let provider = FileProvider::new(args.source.config.clone(), args.source.default_namespace.clone());
-    let mut updates = provider.watch(Duration::from_millis(150))?;
+    let (mut updates, mut status_writer) = if args.source.kubernetes {
+        let provider =
+            portico_provider::kubernetes::KubernetesProvider::connect(args.source.kubeconfig.as_deref()).await?;
+        let writer = provider.status_writer();
+        (provider.watch(Duration::from_millis(150)), Some(writer))
+    } else {
+        let provider = FileProvider::new(args.source.config.clone(), args.source.default_namespace.clone());
+        (provider.watch(Duration::from_millis(150))?, None)
+    };
     let (acme, mut acme_outcomes) = certs::AcmeRuntime::new();
     let responder = acme.responder.clone();
     proxy.set_challenge_responder(Box::new(move |path| responder.respond(path)));
@@ -280,7 +294,16 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     loop {
         tokio::select! {
             update = updates.recv() => match update {
-                Some(Ok(loaded)) => controller.apply(loaded).await,
+                Some(Ok(loaded)) => {
+                    let snapshot = loaded.snapshot.clone();
+                    controller.apply(loaded).await;
+                    // On Kubernetes, statuses go back to the API server (only those that changed).
+                    if let Some(writer) = status_writer.as_mut() {
+                        for error in writer.write(&controller.statuses(), &snapshot).await {
+                            tracing::warn!(%error);
+                        }
+                    }
+                }
                 // The directory vanished or became unreadable: keep serving the last configuration.
                 Some(Err(error)) => tracing::error!(%error, "cannot read the configuration; serving the last one"),
                 None => break,

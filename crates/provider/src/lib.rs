@@ -4,6 +4,8 @@
 //! and watched. A file that stops parsing does not take its objects away: the last good version of each of
 //! them stays in the snapshot (with a warning) until the file is fixed or the object is really deleted.
 
+pub mod kubernetes;
+
 use portico_resources::{Diagnostic, Resource, ResourceRef, Severity, Snapshot, Source, parse_manifests};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,6 +46,9 @@ pub enum ProviderError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot watch {path}: {source}")]
     Watch { path: PathBuf, source: notify::Error },
+    /// The Kubernetes API server cannot be reached or configured.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 impl FileProvider {

@@ -12,7 +12,7 @@ mod load;
 pub mod policy;
 pub mod status;
 
-pub use load::{ParsedFile, parse_manifests};
+pub use load::{ParsedFile, decode_object, parse_manifests};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;

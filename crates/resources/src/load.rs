@@ -137,6 +137,28 @@ pub fn parse_manifests(file: &str, text: &str, default_namespace: &str) -> Parse
     parsed
 }
 
+/// Decodes one object as the API server (or a manifest) gives it. `Ok(None)` for kinds Portico does not read;
+/// an error names the resource and field.
+// The error is as large as the Resource it replaces; both are built once per object per snapshot.
+#[allow(clippy::result_large_err)]
+pub fn decode_object(value: serde_json::Value, default_namespace: &str) -> Result<Option<Resource>, Diagnostic> {
+    match decode(value, default_namespace) {
+        Decoded::Resource(resource) => Ok(Some(*resource)),
+        Decoded::Ignored(_) => Ok(None),
+        Decoded::Failed { resource: Some(resource), field, message } => {
+            Err(Diagnostic::error(resource, field, message))
+        }
+        Decoded::Failed { resource: None, field, message } => Err(Diagnostic {
+            severity: Severity::Error,
+            file: None,
+            line: None,
+            resource: None,
+            field: Some(field).filter(|f| !f.is_empty()),
+            message,
+        }),
+    }
+}
+
 fn first_line(error: &serde_saphyr::Error) -> String {
     let text = error.to_string();
     text.lines().next().unwrap_or("").to_string()

@@ -1,0 +1,267 @@
+//! The Kubernetes provider: watches every kind Portico reads on an API server and produces the same
+//! [`Loaded`] snapshots as the file provider, debounced; writes statuses back with merge patches, only when
+//! they change.
+//!
+//! Kinds are watched as dynamic objects and decoded with the same code as manifest files, so a field the
+//! file provider rejects is rejected here with the same message. A kind whose CRD is not installed is
+//! retried with backoff and simply contributes nothing until it appears. When the API server goes away the
+//! last snapshot stays in force (nothing is sent), and the watches resume and resync on return.
+
+use crate::{Loaded, ProviderError};
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use portico_resources::{Kind, ResourceRef, Snapshot, decode_object};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The API group, version and plural of each kind Portico reads.
+pub const WATCHED: [(Kind, &str, &str, &str); 21] = [
+    (Kind::Namespace, "", "v1", "namespaces"),
+    (Kind::Secret, "", "v1", "secrets"),
+    (Kind::ConfigMap, "", "v1", "configmaps"),
+    (Kind::Service, "", "v1", "services"),
+    (Kind::EndpointSlice, "discovery.k8s.io", "v1", "endpointslices"),
+    (Kind::IngressClass, "networking.k8s.io", "v1", "ingressclasses"),
+    (Kind::Ingress, "networking.k8s.io", "v1", "ingresses"),
+    (Kind::GatewayClass, "gateway.networking.k8s.io", "v1", "gatewayclasses"),
+    (Kind::Gateway, "gateway.networking.k8s.io", "v1", "gateways"),
+    (Kind::HttpRoute, "gateway.networking.k8s.io", "v1", "httproutes"),
+    (Kind::GrpcRoute, "gateway.networking.k8s.io", "v1", "grpcroutes"),
+    (Kind::TlsRoute, "gateway.networking.k8s.io", "v1alpha2", "tlsroutes"),
+    (Kind::ReferenceGrant, "gateway.networking.k8s.io", "v1beta1", "referencegrants"),
+    (Kind::BackendTlsPolicy, "gateway.networking.k8s.io", "v1", "backendtlspolicies"),
+    (Kind::HostRule, "ako.vmware.com", "v1beta1", "hostrules"),
+    (Kind::HttpRule, "ako.vmware.com", "v1beta1", "httprules"),
+    (Kind::HealthMonitor, "ako.vmware.com", "v1alpha1", "healthmonitors"),
+    (Kind::BackendPolicy, "portico.dev", "v1alpha1", "backendpolicies"),
+    (Kind::Certificate, "cert-manager.io", "v1", "certificates"),
+    (Kind::Issuer, "cert-manager.io", "v1", "issuers"),
+    (Kind::ClusterIssuer, "cert-manager.io", "v1", "clusterissuers"),
+];
+
+fn api_resource(kind: Kind, group: &str, version: &str, plural: &str) -> ApiResource {
+    let api_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    ApiResource {
+        group: group.to_string(),
+        version: version.to_string(),
+        api_version,
+        kind: kind.as_str().to_string(),
+        plural: plural.to_string(),
+    }
+}
+
+/// Watches an API server.
+pub struct KubernetesProvider {
+    client: kube::Client,
+}
+
+impl KubernetesProvider {
+    /// A provider on the in-cluster configuration, or the kubeconfig named by `KUBECONFIG` / `kubeconfig`.
+    pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Self, ProviderError> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| ProviderError::Kubernetes(format!("{}: {e}", path.display())))?;
+                kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| ProviderError::Kubernetes(format!("{}: {e}", path.display())))?
+            }
+            None => kube::Config::infer().await.map_err(|e| ProviderError::Kubernetes(e.to_string()))?,
+        };
+        let client = kube::Client::try_from(config).map_err(|e| ProviderError::Kubernetes(e.to_string()))?;
+        Ok(KubernetesProvider { client })
+    }
+
+    /// A status writer on the same connection.
+    pub fn status_writer(&self) -> StatusWriter {
+        StatusWriter { client: self.client.clone(), written: HashMap::new() }
+    }
+
+    /// Watches every kind and sends a fresh [`Loaded`] after each burst of changes, once every kind has
+    /// listed (or failed to) for the first time.
+    pub fn watch(self, debounce: Duration) -> mpsc::Receiver<Result<Loaded, ProviderError>> {
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(Kind, Event<DynamicObject>)>();
+        for (kind, group, version, plural) in WATCHED {
+            let resource = api_resource(kind, group, version, plural);
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            let events_tx = events_tx.clone();
+            tokio::spawn(async move {
+                // The watcher retries with backoff on its own: a missing CRD or an API server outage is
+                // logged and waited out, never fatal.
+                let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(event) => {
+                            if events_tx.send((kind, event)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => tracing::debug!(kind = %kind, %error, "watch interrupted; retrying"),
+                    }
+                }
+            });
+        }
+        drop(events_tx);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut objects: BTreeMap<Kind, BTreeMap<(String, String), serde_json::Value>> = BTreeMap::new();
+            let mut staging: BTreeMap<Kind, BTreeMap<(String, String), serde_json::Value>> = BTreeMap::new();
+            let mut synced = std::collections::BTreeSet::new();
+            let kinds: std::collections::BTreeSet<Kind> = WATCHED.iter().map(|w| w.0).collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let Some((kind, event)) = events_rx.recv().await else { return };
+                apply_event(&mut objects, &mut staging, &mut synced, kind, event);
+                // Let a burst settle.
+                tokio::time::sleep(debounce).await;
+                while let Ok((kind, event)) = events_rx.try_recv() {
+                    apply_event(&mut objects, &mut staging, &mut synced, kind, event);
+                }
+                // The first snapshot waits for every kind to list once (up to 10 s: a kind without CRD
+                // never lists), so that a half-loaded view is never served.
+                if synced.len() < kinds.len() && tokio::time::Instant::now() < deadline {
+                    continue;
+                }
+                if tx.send(Ok(snapshot(&objects))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+type Objects = BTreeMap<Kind, BTreeMap<(String, String), serde_json::Value>>;
+
+fn key_of(object: &DynamicObject) -> (String, String) {
+    (object.metadata.namespace.clone().unwrap_or_default(), object.metadata.name.clone().unwrap_or_default())
+}
+
+fn value_of(kind: Kind, object: DynamicObject) -> Option<serde_json::Value> {
+    let mut value = serde_json::to_value(object).ok()?;
+    // Dynamic objects may arrive without apiVersion/kind; the decoder needs them.
+    if let Some((_, group, version, _)) = WATCHED.iter().find(|w| w.0 == kind) {
+        let api_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+        value["apiVersion"] = serde_json::Value::String(api_version);
+        value["kind"] = serde_json::Value::String(kind.as_str().to_string());
+    }
+    Some(value)
+}
+
+fn apply_event(
+    objects: &mut Objects,
+    staging: &mut Objects,
+    synced: &mut std::collections::BTreeSet<Kind>,
+    kind: Kind,
+    event: Event<DynamicObject>,
+) {
+    match event {
+        Event::Apply(object) => {
+            let key = key_of(&object);
+            if let Some(value) = value_of(kind, object) {
+                objects.entry(kind).or_default().insert(key, value);
+            }
+        }
+        Event::Delete(object) => {
+            objects.entry(kind).or_default().remove(&key_of(&object));
+        }
+        Event::Init => {
+            staging.insert(kind, BTreeMap::new());
+        }
+        Event::InitApply(object) => {
+            let key = key_of(&object);
+            if let Some(value) = value_of(kind, object) {
+                staging.entry(kind).or_default().insert(key, value);
+            }
+        }
+        Event::InitDone => {
+            // A relist replaces what we had: objects deleted while the watch was down disappear.
+            objects.insert(kind, staging.remove(&kind).unwrap_or_default());
+            synced.insert(kind);
+        }
+    }
+}
+
+fn snapshot(objects: &Objects) -> Loaded {
+    let mut loaded = Loaded::default();
+    for (kind, items) in objects {
+        for value in items.values() {
+            match decode_object(value.clone(), "default") {
+                Ok(Some(resource)) => loaded.snapshot.insert(resource, None),
+                Ok(None) => {}
+                Err(mut diagnostic) => {
+                    diagnostic.file = Some(format!("kubernetes:{kind}"));
+                    loaded.diagnostics.push(diagnostic);
+                }
+            }
+        }
+    }
+    loaded
+}
+
+/// Writes statuses back, only those that changed since the last write.
+pub struct StatusWriter {
+    client: kube::Client,
+    written: HashMap<ResourceRef, serde_json::Value>,
+}
+
+impl StatusWriter {
+    /// Patches the status of every resource whose status differs from what was written last. Conditions get
+    /// a `lastTransitionTime` (required by the API); errors are returned per resource.
+    pub async fn write(
+        &mut self,
+        statuses: &BTreeMap<ResourceRef, serde_json::Value>,
+        snapshot: &Snapshot,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (reference, status) in statuses {
+            if self.written.get(reference) == Some(status) {
+                continue;
+            }
+            let Some((kind, group, version, plural)) = WATCHED.iter().find(|w| w.0 == reference.kind) else { continue };
+            let resource = api_resource(*kind, group, version, plural);
+            let api: Api<DynamicObject> = if reference.kind.namespaced() {
+                Api::namespaced_with(self.client.clone(), &reference.key.namespace, &resource)
+            } else {
+                Api::all_with(self.client.clone(), &resource)
+            };
+            let generation = snapshot.get(reference).and_then(|r| r.metadata().generation);
+            let mut body = status.clone();
+            stamp_conditions(&mut body, generation);
+            let patch = serde_json::json!({ "status": body });
+            match api.patch_status(&reference.key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    self.written.insert(reference.clone(), status.clone());
+                }
+                Err(error) => errors.push(format!("{reference}: status not written: {error}")),
+            }
+        }
+        self.written.retain(|reference, _| statuses.contains_key(reference));
+        errors
+    }
+}
+
+/// Adds `lastTransitionTime` (and `observedGeneration`) to every condition in a status document.
+fn stamp_conditions(value: &mut serde_json::Value, generation: Option<i64>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let is_condition = map.contains_key("type") && map.contains_key("status") && map.contains_key("reason");
+            if is_condition {
+                map.entry("lastTransitionTime").or_insert_with(|| {
+                    serde_json::Value::String(
+                        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    )
+                });
+                if let Some(generation) = generation {
+                    map.entry("observedGeneration").or_insert(serde_json::Value::from(generation));
+                }
+            }
+            map.values_mut().for_each(|v| stamp_conditions(v, generation));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| stamp_conditions(v, generation)),
+        _ => {}
+    }
+}
