@@ -17,10 +17,15 @@ struct Histogram {
     sum: f64,
 }
 
-/// Counters and histograms of the proxy. Cheap enough for the request path: one short lock per request.
+/// Requests by listener, then route, then status: nested so that the request path looks keys up by `&str`
+/// and allocates only the first time a combination is seen.
+type RequestCounts = HashMap<String, HashMap<String, HashMap<u16, u64>>>;
+
+/// Counters and histograms of the proxy. Cheap enough for the request path: one short lock per request, no
+/// allocation once a listener/route/status has been seen.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    requests: Mutex<RequestCounts>,
     latency: Mutex<HashMap<String, Histogram>>,
     upstream_errors: Mutex<HashMap<(String, &'static str), u64>>,
     generation: AtomicU64,
@@ -31,10 +36,24 @@ impl Metrics {
     /// Records one finished request.
     pub fn request(&self, listener: &str, route: &str, status: u16, elapsed: Duration) {
         if let Ok(mut requests) = self.requests.lock() {
-            *requests.entry((listener.to_string(), route.to_string(), status)).or_default() += 1;
+            match requests.get_mut(listener).and_then(|r| r.get_mut(route)) {
+                Some(by_status) => *by_status.entry(status).or_default() += 1,
+                None => {
+                    *requests
+                        .entry(listener.to_string())
+                        .or_default()
+                        .entry(route.to_string())
+                        .or_default()
+                        .entry(status)
+                        .or_default() += 1
+                }
+            }
         }
         if let Ok(mut latency) = self.latency.lock() {
-            let histogram = latency.entry(listener.to_string()).or_default();
+            if !latency.contains_key(listener) {
+                latency.insert(listener.to_string(), Histogram::default());
+            }
+            let Some(histogram) = latency.get_mut(listener) else { return };
             let seconds = elapsed.as_secs_f64();
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if seconds <= *bound {
@@ -75,9 +94,14 @@ impl Metrics {
         let _ = writeln!(out, "# HELP portico_requests_total Requests answered, by listener, route and status.");
         let _ = writeln!(out, "# TYPE portico_requests_total counter");
         if let Ok(requests) = self.requests.lock() {
-            let mut rows: Vec<_> = requests.iter().collect();
+            let mut rows: Vec<(&String, &String, &u16, &u64)> = requests
+                .iter()
+                .flat_map(|(l, routes)| {
+                    routes.iter().flat_map(move |(r, s)| s.iter().map(move |(st, c)| (l, r, st, c)))
+                })
+                .collect();
             rows.sort();
-            for ((listener, route, status), count) in rows {
+            for (listener, route, status, count) in rows {
                 let _ = writeln!(
                     out,
                     "portico_requests_total{{listener=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
