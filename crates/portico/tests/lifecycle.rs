@@ -37,3 +37,38 @@ async fn sigterm_drains_and_exits() {
     let log = std::fs::read_to_string(&portico.log).unwrap_or_default();
     assert!(log.contains("draining") && log.contains("stopped"), "{log}");
 }
+
+/// A kept-alive TLS connection outlives the handshake timeout (10 s): only the handshake is time-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_outlive_the_handshake_timeout() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    let backends = Backends::start(&["a"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(common::repo().join("examples/article/common/tls-secret.yaml"), dir.path().join("secret.yaml"))
+        .expect("copy");
+    let config = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: portico}\nspec: {controllerName: portico.dev/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  gatewayClassName: portico\n  addresses: [{type: IPAddress, value: 127.0.0.62}]\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: app01-aclab-nginx-tls-secret}]}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: a, port: 80}]}]\n".to_string()
+        + &service("a", backends.http_port(0));
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let _portico = Portico::start(&[dir.path()], 19962, &["--default-namespace", "dev"]);
+    let ca = common::repo().join("examples/article/tls/root-ca.crt");
+    let tcp = tokio::net::TcpStream::connect("127.0.0.62:443").await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("app01-lab.avi.aclab.uk").expect("name");
+    let stream =
+        tokio_rustls::TlsConnector::from(common::tls_config(&ca, false)).connect(name, tcp).await.expect("TLS");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("HTTP");
+    tokio::spawn(connection);
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_secs(11)).await;
+        }
+        let request = http::Request::get("/pink")
+            .header("host", "app01-lab.avi.aclab.uk")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("the same connection still works");
+        assert_eq!(response.status(), 200);
+        let _ = response.into_body().collect().await;
+    }
+}

@@ -136,14 +136,8 @@ pub fn spawn(
             tokio::spawn(async move {
                 match tls {
                     None => serve(shared, stream, address, peer, "http").await,
-                    Some(acceptor) => {
-                        if let Err(error) =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, serve_tls(shared, acceptor, stream, address, peer))
-                                .await
-                        {
-                            tracing::debug!(%address, %peer, %error, "TLS handshake timed out");
-                        }
-                    }
+                    // The handshake (and the SNI peek) are time-limited inside; the connection itself is not.
+                    Some(acceptor) => serve_tls(shared, acceptor, stream, address, peer).await,
                 }
             });
         }
@@ -193,10 +187,14 @@ async fn serve_tls(
     let has_tls_routes = shared.state.load().listeners.get(&address).is_some_and(|l| !l.tls_routes.is_empty());
     let mut route = None;
     if has_tls_routes {
-        let server_name = match peek_server_name(&stream).await {
-            Ok(name) => name,
-            Err(error) => {
+        let server_name = match tokio::time::timeout(HANDSHAKE_TIMEOUT, peek_server_name(&stream)).await {
+            Ok(Ok(name)) => name,
+            Ok(Err(error)) => {
                 tracing::debug!(%address, %peer, %error, "no ClientHello");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%address, %peer, "no ClientHello in time");
                 return;
             }
         };
@@ -212,10 +210,14 @@ async fn serve_tls(
             return;
         }
     }
-    let stream = match acceptor.accept(stream).await {
-        Ok(stream) => stream,
-        Err(error) => {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
             tracing::debug!(%address, %peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%address, %peer, "TLS handshake timed out");
             return;
         }
     };

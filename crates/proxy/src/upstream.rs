@@ -23,7 +23,7 @@ fn connector() -> HttpConnector {
 fn build(https: HttpsConnector<HttpConnector>, http2: bool) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(1024)
         .http2_only(http2)
         .build(https)
 }
