@@ -24,3 +24,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+# The benchmark harness stays working: every contender (Portico, nginx, HAProxy, BIND, Knot) must answer
+# correctly for a couple of seconds per scenario. Figures from this run are not benchmarks.
+echo "== bench smoke"
+bench/run.sh --smoke
