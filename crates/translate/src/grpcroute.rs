@@ -3,8 +3,10 @@
 
 use crate::Context;
 use crate::gateway::GatewayInfo;
-use crate::httproute::{CompiledRule, RuleParts, finish_rule, first_line, push_routes, value_matches};
-use crate::route::{RouteProblems, RouteSource, attach, is_ours, validate_hostnames};
+use crate::httproute::{
+    CompiledRule, RouteParts, RuleParts, finish_rule, first_line, translate_rule_route, value_matches,
+};
+use crate::route::RouteProblems;
 use portico_ir::{Action, PathMatch, RouteMatch, Timeouts};
 use portico_resources::gateway::{GrpcMethodMatch, GrpcRoute, GrpcRouteRule};
 use portico_resources::{Kind, ObjectKey, ResourceRef};
@@ -13,27 +15,9 @@ use portico_resources::{Kind, ObjectKey, ResourceRef};
 /// [`crate::httproute::translate_http_and_grpc_routes`]).
 pub fn translate_grpc_route(cx: &mut Context<'_>, gateways: &mut [GatewayInfo], key: &ObjectKey, route: &GrpcRoute) {
     let reference = ResourceRef { kind: Kind::GrpcRoute, key: key.clone() };
-    let source = RouteSource {
-        reference: &reference,
-        metadata: &route.metadata,
-        parent_refs: &route.spec.parent_refs,
-        hostnames: &route.spec.hostnames,
-    };
-    if !is_ours(cx, gateways, &source) {
-        return;
-    }
-    let mut problems = RouteProblems::default();
-    let hostnames_valid = validate_hostnames(cx, &source, &mut problems);
-    let rules: Vec<Option<CompiledRule>> = route
-        .spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| compile_grpc_rule(cx, &reference, rule, i, &mut problems))
-        .collect();
-    let usable = hostnames_valid && (route.spec.rules.is_empty() || rules.iter().any(Option::is_some));
-    let attachments = attach(cx, gateways, &source, &problems, usable);
-    push_routes(cx, &attachments, &reference, &route.metadata, &rules, true);
+    let spec = &route.spec;
+    let parts = RouteParts { metadata: &route.metadata, parent_refs: &spec.parent_refs, hostnames: &spec.hostnames };
+    translate_rule_route(cx, gateways, &reference, parts, &spec.rules, true, compile_grpc_rule);
 }
 
 fn compile_grpc_rule(

@@ -52,27 +52,41 @@ fn translate_http_route(
     route: &portico_resources::gateway::HttpRoute,
 ) {
     let reference = ResourceRef { kind: Kind::HttpRoute, key: key.clone() };
-    let source = RouteSource {
-        reference: &reference,
-        metadata: &route.metadata,
-        parent_refs: &route.spec.parent_refs,
-        hostnames: &route.spec.hostnames,
-    };
+    let spec = &route.spec;
+    let parts = RouteParts { metadata: &route.metadata, parent_refs: &spec.parent_refs, hostnames: &spec.hostnames };
+    translate_rule_route(cx, gateways, &reference, parts, &spec.rules, false, compile_rule);
+}
+
+/// The parts of a route resource besides its rules.
+pub struct RouteParts<'a> {
+    pub metadata: &'a portico_resources::core::ObjectMeta,
+    pub parent_refs: &'a [portico_resources::gateway::ParentReference],
+    pub hostnames: &'a [String],
+}
+
+/// What HTTPRoute and GRPCRoute share: check the route is Portico's, compile its rules with `compile`, attach
+/// it, write its status and add its routes (`grpc` for GRPCRoute's error answers).
+pub fn translate_rule_route<R>(
+    cx: &mut Context<'_>,
+    gateways: &mut [GatewayInfo],
+    reference: &ResourceRef,
+    parts: RouteParts<'_>,
+    rules: &[R],
+    grpc: bool,
+    compile: impl Fn(&mut Context<'_>, &ResourceRef, &R, usize, &mut RouteProblems) -> Option<CompiledRule>,
+) {
+    let source =
+        RouteSource { reference, metadata: parts.metadata, parent_refs: parts.parent_refs, hostnames: parts.hostnames };
     if !is_ours(cx, gateways, &source) {
         return;
     }
     let mut problems = RouteProblems::default();
     let hostnames_valid = validate_hostnames(cx, &source, &mut problems);
-    let rules: Vec<Option<CompiledRule>> = route
-        .spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| compile_rule(cx, &reference, rule, i, &mut problems))
-        .collect();
-    let usable = hostnames_valid && (route.spec.rules.is_empty() || rules.iter().any(Option::is_some));
+    let compiled: Vec<Option<CompiledRule>> =
+        rules.iter().enumerate().map(|(i, rule)| compile(cx, reference, rule, i, &mut problems)).collect();
+    let usable = hostnames_valid && (rules.is_empty() || compiled.iter().any(Option::is_some));
     let attachments = attach(cx, gateways, &source, &problems, usable);
-    push_routes(cx, &attachments, &reference, &route.metadata, &rules, false);
+    push_routes(cx, &attachments, reference, parts.metadata, &compiled, grpc);
 }
 
 /// Adds compiled rules to the virtual hosts of each attachment, ranked for precedence. `grpc` marks routes
