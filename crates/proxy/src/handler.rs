@@ -465,7 +465,8 @@ async fn forward(
         };
         let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
         if let Some(headers) = builder.headers_mut() {
-            *headers = parts.headers.clone();
+            // Only a request that may be retried needs its headers again: the others give them away.
+            *headers = if attempts == 1 { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         }
         let attempt_body = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
         let Ok(upstream_request) = builder.body(attempt_body) else {
