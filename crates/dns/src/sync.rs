@@ -417,6 +417,10 @@ impl Exchange<'_> {
         SyncError::Timeout { server: self.server, zone: self.zone.to_string(), operation, timeout: self.timeout }
     }
 
+    fn err_unreachable(&self, operation: &'static str, source: std::io::Error) -> SyncError {
+        SyncError::Unreachable { server: self.server, zone: self.zone.to_string(), operation, source }
+    }
+
     async fn connect_and_send(
         &self,
         operation: &'static str,
@@ -439,24 +443,14 @@ impl Exchange<'_> {
         let mut stream = tokio::time::timeout_at(deadline.into(), TcpStream::connect(self.server))
             .await
             .map_err(|_| self.err_timeout(operation))?
-            .map_err(|source| SyncError::Unreachable {
-                server: self.server,
-                zone: self.zone.to_string(),
-                operation,
-                source,
-            })?;
+            .map_err(|source| self.err_unreachable(operation, source))?;
         let mut frame = Vec::with_capacity(signed.bytes.len() + 2);
         frame.extend_from_slice(&(signed.bytes.len() as u16).to_be_bytes());
         frame.extend_from_slice(&signed.bytes);
         tokio::time::timeout_at(deadline.into(), stream.write_all(&frame))
             .await
             .map_err(|_| self.err_timeout(operation))?
-            .map_err(|source| SyncError::Unreachable {
-                server: self.server,
-                zone: self.zone.to_string(),
-                operation,
-                source,
-            })?;
+            .map_err(|source| self.err_unreachable(operation, source))?;
         Ok((stream, id, signed.verifier))
     }
 

@@ -13,19 +13,7 @@ const HOSTS: [&str; 2] = ["app01-lab.avi.aclab.uk", "application01.aclab.uk"];
 /// applications and the Gateway at `vip`.
 fn example(flavour: &str, backends: &Backends, vip: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = repo().join("examples/article");
-    for folder in ["common", flavour] {
-        std::fs::create_dir_all(dir.path().join(folder)).expect("mkdir");
-        for entry in std::fs::read_dir(source.join(folder)).expect("example folder").flatten() {
-            let mut text = std::fs::read_to_string(entry.path()).expect("read example");
-            for i in 0..4 {
-                text = text.replace(&format!("port: {}", 18080 + i), &format!("port: {}", backends.http_port(i)));
-                text = text.replace(&format!("port: {}", 18443 + i), &format!("port: {}", backends.https_port(i)));
-            }
-            text = text.replace("127.0.0.10", vip);
-            std::fs::write(dir.path().join(folder).join(entry.file_name()), text).expect("write");
-        }
-    }
+    common::copy_example(dir.path(), &["common", flavour], backends, vip, &|text| text);
     dir
 }
 
@@ -149,15 +137,7 @@ async fn a_backend_with_a_certificate_from_another_ca_is_refused() {
     // Same Ingress flavour, but the pink backend presents a certificate from an untrusted CA.
     let backends = Backends::start(&["root", "pink", "blue", "green"]).await;
     let tls = repo().join("examples/article/tls");
-    let rogue = portico_testapp::start(portico_testapp::TestAppConfig {
-        name: "rogue".into(),
-        http: None,
-        https: Some("127.0.0.1:0".parse().expect("address")),
-        tls_cert: Some(tls.join("other-backend.crt")),
-        tls_key: Some(tls.join("other-backend.key")),
-    })
-    .await
-    .expect("rogue backend");
+    let rogue = common::rogue_backend().await;
     let vip = "127.0.0.33";
     let dir = example("ingress", &backends, vip);
     let endpoints = dir.path().join("ingress/endpoints.yaml");

@@ -86,21 +86,21 @@ fn make_pki(dir: &Path) {
 /// The article's Gateway flavour with the team's ClusterIssuer and Certificate, and no static TLS Secret.
 fn article_config(dir: &Path, backends: &Backends, vip: &str, certificate_extra: &str) {
     let config = dir.join("config");
-    std::fs::create_dir_all(&config).expect("mkdir");
-    let source = repo().join("examples/article/httproute");
-    for entry in std::fs::read_dir(&source).expect("example").flatten() {
-        let mut text = std::fs::read_to_string(entry.path()).expect("read");
-        for i in 0..4 {
-            text = text.replace(&format!("port: {}", 18443 + i), &format!("port: {}", backends.https_port(i)));
-        }
-        text = text.replace("127.0.0.10", vip);
-        if !certificate_extra.is_empty() {
-            text = text.replace(
+    let staging = dir.join("example");
+    let extra = certificate_extra.to_string();
+    common::copy_example(&staging, &["httproute"], backends, vip, &|text| {
+        if extra.is_empty() {
+            text
+        } else {
+            text.replace(
                 "  secretName: app01-aclab-nginx-tls-secret\n",
-                &format!("  secretName: app01-aclab-nginx-tls-secret\n{certificate_extra}"),
-            );
+                &format!("  secretName: app01-aclab-nginx-tls-secret\n{extra}"),
+            )
         }
-        std::fs::write(config.join(entry.file_name()), text).expect("write");
+    });
+    std::fs::create_dir_all(&config).expect("mkdir");
+    for entry in std::fs::read_dir(staging.join("httproute")).expect("staged example").flatten() {
+        std::fs::rename(entry.path(), config.join(entry.file_name())).expect("move");
     }
     std::fs::copy(repo().join("examples/article/common/namespace.yaml"), config.join("namespace.yaml")).expect("copy");
     std::fs::copy(

@@ -45,19 +45,7 @@ struct Addresses {
 /// the VIP moved; plus an HTTPRoute that wants `application02.aclab.uk`, a name another owner holds.
 fn example(flavour: &str, backends: &Backends, vip: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = repo().join("examples/article");
-    for folder in ["common", flavour] {
-        std::fs::create_dir_all(dir.path().join(folder)).expect("mkdir");
-        for entry in std::fs::read_dir(source.join(folder)).expect("example folder").flatten() {
-            let mut text = std::fs::read_to_string(entry.path()).expect("read example");
-            for i in 0..4 {
-                text = text.replace(&format!("port: {}", 18080 + i), &format!("port: {}", backends.http_port(i)));
-                text = text.replace(&format!("port: {}", 18443 + i), &format!("port: {}", backends.https_port(i)));
-            }
-            text = text.replace("127.0.0.10", vip);
-            std::fs::write(dir.path().join(folder).join(entry.file_name()), text).expect("write");
-        }
-    }
+    common::copy_example(dir.path(), &["common", flavour], backends, vip, &|text| text);
     let other = if flavour == "httproute" {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: app02\n  namespace: dev\n  annotations:\n    external-dns.alpha.kubernetes.io/hostname: application02.aclab.uk\n    external-dns.alpha.kubernetes.io/gateway-hostname-source: annotation-only\nspec:\n  parentRefs:\n  - name: app01-aclab-nginx-gateway\n    sectionName: app01-aclab-nginx-https-listener\n  hostnames: [app02-lab.avi.aclab.uk]\n  rules:\n  - backendRefs: [{name: app01-aclab-nginx-root-svc, port: 443}]\n"
     } else {

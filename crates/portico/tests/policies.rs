@@ -62,15 +62,7 @@ async fn timeouts_answer_504_and_retries_hide_a_dead_endpoint() {
 async fn backend_tls_policy_reencrypts_and_refuses_an_unknown_ca() {
     let backends = Backends::start(&["secure"]).await;
     let tls = repo().join("examples/article/tls");
-    let rogue = portico_testapp::start(portico_testapp::TestAppConfig {
-        name: "rogue".into(),
-        http: None,
-        https: Some("127.0.0.1:0".parse().expect("address")),
-        tls_cert: Some(tls.join("other-backend.crt")),
-        tls_key: Some(tls.join("other-backend.key")),
-    })
-    .await
-    .expect("rogue backend");
+    let rogue = common::rogue_backend().await;
     let root = std::fs::read_to_string(tls.join("root-ca.crt")).expect("root CA");
     let indented: String = root.lines().map(|l| format!("    {l}\n")).collect();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -262,3 +262,36 @@ pub fn service(name: &str, port: u16) -> String {
         "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports: [{{port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: \"\", port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
     )
 }
+
+/// Copies `folders` of `examples/article` into `dest`, pointing the EndpointSlices at the test applications
+/// (HTTP ports 18080.. and HTTPS ports 18443.. of the example become the backends' ports), the Gateway at
+/// `vip`, and applying `edit` to each file's text.
+pub fn copy_example(dest: &Path, folders: &[&str], backends: &Backends, vip: &str, edit: &dyn Fn(String) -> String) {
+    let source = repo().join("examples/article");
+    for folder in folders {
+        std::fs::create_dir_all(dest.join(folder)).expect("mkdir");
+        for entry in std::fs::read_dir(source.join(folder)).expect("example folder").flatten() {
+            let mut text = std::fs::read_to_string(entry.path()).expect("read example");
+            for i in 0..backends.apps.len().min(4) {
+                text = text.replace(&format!("port: {}", 18080 + i), &format!("port: {}", backends.http_port(i)));
+                text = text.replace(&format!("port: {}", 18443 + i), &format!("port: {}", backends.https_port(i)));
+            }
+            text = edit(text.replace("127.0.0.10", vip));
+            std::fs::write(dest.join(folder).join(entry.file_name()), text).expect("write");
+        }
+    }
+}
+
+/// A test application whose HTTPS certificate comes from a CA clients do not trust (`other-ca`).
+pub async fn rogue_backend() -> portico_testapp::RunningTestApp {
+    let tls = repo().join("examples/article/tls");
+    portico_testapp::start(portico_testapp::TestAppConfig {
+        name: "rogue".into(),
+        http: None,
+        https: Some("127.0.0.1:0".parse().expect("address")),
+        tls_cert: Some(tls.join("other-backend.crt")),
+        tls_key: Some(tls.join("other-backend.key")),
+    })
+    .await
+    .expect("rogue backend")
+}
