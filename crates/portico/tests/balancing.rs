@@ -125,14 +125,17 @@ async fn consistent_hash_and_cookie_persistence_pin_clients() {
 
     // Each user sticks to one endpoint; users as a whole use both.
     let mut used = HashMap::new();
-    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
-        let seen = instances(vip, 10, &[("x-user", user)]).await;
+    // 24 users: the endpoints' ports are random, so with 8 users one run in 128 would put them all on one
+    // endpoint; with 24 it is one in eight million.
+    for n in 0..24 {
+        let user = format!("user-{n}");
+        let seen = instances(vip, 5, &[("x-user", &user)]).await;
         assert_eq!(seen.len(), 1, "{user} moved between endpoints: {seen:?}");
         for instance in seen.keys() {
             *used.entry(instance.clone()).or_insert(0) += 1;
         }
     }
-    assert_eq!(used.len(), 2, "8 users all hashed to one endpoint: {used:?}");
+    assert_eq!(used.len(), 2, "24 users all hashed to one endpoint: {used:?}");
 
     // Cookie persistence (Gateway API sessionPersistence): the first answer sets the cookie, and the
     // client stays on that endpoint while it sends it back.
