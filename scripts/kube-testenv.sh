@@ -6,6 +6,7 @@
 #   scripts/kube-testenv.sh up DIR         start etcd + kube-apiserver, install the CRDs, wait for /readyz;
 #                                          writes DIR/admin.kubeconfig, DIR/env (KUBE_SERVER, KUBE_CA, ...)
 #   scripts/kube-testenv.sh down DIR       stop both (SIGTERM, then SIGKILL after a bounded wait), keep DIR
+#   scripts/kube-testenv.sh stop-apiserver DIR / start-apiserver DIR   an API server outage (etcd keeps running)
 #   scripts/kube-testenv.sh kubectl ARGS   the pinned kubectl (uses $KUBECONFIG)
 #   scripts/kube-testenv.sh helm ARGS      the pinned helm
 #   scripts/kube-testenv.sh status DIR     whether etcd and kube-apiserver of DIR run
@@ -375,19 +376,43 @@ cmd_up() {
   log "up in $((SECONDS - start)) s: https://$HOST:$KUBE_PORT (kubeconfig $dir/admin.kubeconfig; env $dir/env)"
 }
 
+# Whether PID runs (an exited child not yet reaped by its parent is a zombie: it counts as stopped).
+alive() {
+  kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]
+}
+
 # Stops one process: SIGTERM, up to 20 s, then SIGKILL.
 stop_one() {
   local name="$1" dir="$2" pid
   if pid="$(our_pid "$dir/$name.pid" "$dir")"; then
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
+    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    if alive "$pid"; then
       log "$name ($pid) did not stop within 20 s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
   fi
   rm -f "$dir/$name.pid"
+}
+
+# An outage is abrupt: SIGKILL (a graceful stop waits up to a minute for watches to end).
+cmd_stop_apiserver() {
+  local dir pid; dir="$(cd "${1:?usage: $0 stop-apiserver DIR}" && pwd)"
+  if pid="$(our_pid "$dir/kube-apiserver.pid" "$dir")"; then
+    kill -KILL "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 10))
+    while alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  fi
+  rm -f "$dir/kube-apiserver.pid"
+  log "kube-apiserver of $dir stopped (killed)"
+}
+
+cmd_start_apiserver() {
+  local dir; dir="$(cd "${1:?usage: $0 start-apiserver DIR}" && pwd)"
+  kube_built || die "kube-apiserver is not built (run $0 build)"
+  start_apiserver "$dir"
+  log "kube-apiserver of $dir started"
 }
 
 cmd_down() {
@@ -479,6 +504,8 @@ case "${1:-}" in
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
   sa-kubeconfig) shift; cmd_sa_kubeconfig "$@" ;;
+  stop-apiserver) shift; cmd_stop_apiserver "$@" ;;
+  start-apiserver) shift; cmd_start_apiserver "$@" ;;
   helm) shift; cmd_helm "$@" ;;
   kubectl) shift; cmd_kubectl "$@" ;;
   versions) cmd_versions ;;
@@ -486,5 +513,5 @@ case "${1:-}" in
   crds-dir) gateway_crds_dir ;;
   vendor-crds) cmd_vendor_crds ;;
   check-vendored-crds) cmd_check_vendored_crds ;;
-  *) sed -n '2,17s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
 esac

@@ -257,6 +257,9 @@ impl CertManager {
                 None => None,
             },
         };
+        // Then what the Secret holds already: on Kubernetes another replica (the previous leader) or an
+        // earlier run may have issued it; re-issuing at every failover would churn certificates.
+        let held = held.or_else(|| issued_in_secret(snapshot, &key.namespace, &spec.secret_name, &request));
         if let Some(issued) = held.filter(|i| i.issued_by(ca) && i.renewal_time > now) {
             self.issued.insert(key.clone(), (spec.secret_name.clone(), issued.clone(), spec.issuer_ref.clone()));
             return Ok(issued);
@@ -382,6 +385,12 @@ impl CertManager {
         &self.statuses
     }
 
+    /// The Secrets of the Certificates issued so far (what [`CertManager::reconcile`] puts in snapshots),
+    /// for a provider that stores them (Kubernetes).
+    pub fn secrets(&self) -> Vec<Secret> {
+        self.issued.iter().map(|(key, (name, issued, issuer))| secret(key, name, issued, issuer)).collect()
+    }
+
     /// Errors of the last reconcile, for the status document and logs.
     pub fn errors(&self) -> &[portico_resources::Diagnostic] {
         &self.errors
@@ -475,6 +484,16 @@ fn issuer_spec<'a>(snapshot: &'a Snapshot, issuer: &ResourceRef) -> Option<&'a I
 }
 
 /// The Secret cert-manager would write for an issued certificate.
+/// The certificate in Secret `namespace/name` of the snapshot, if it is a valid pair for `request`.
+fn issued_in_secret(snapshot: &Snapshot, namespace: &str, name: &str, request: &CertificateRequest) -> Option<Issued> {
+    let secret = snapshot.secrets.get(&ObjectKey { namespace: namespace.to_string(), name: name.to_string() })?;
+    let data = secret.data.as_ref()?;
+    let text = |field: &str| data.get(field).and_then(|bytes| std::str::from_utf8(&bytes.0).ok());
+    let issued = Issued::from_pem(text("tls.crt")?, text("tls.key")?, text("ca.crt"), request.renew_before).ok()?;
+    issued.matches(request).ok()?;
+    Some(issued)
+}
+
 fn secret(certificate: &ObjectKey, secret_name: &str, issued: &Issued, issuer: &IssuerRef) -> Secret {
     let data = portico_pki::secret_data(issued).into_iter().map(|(k, v)| (k, ByteString(v))).collect();
     Secret {

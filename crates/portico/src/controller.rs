@@ -52,6 +52,9 @@ pub struct Controller {
     last_loaded: Option<Loaded>,
     /// Statuses of the last apply, for providers that write them back.
     statuses: std::collections::BTreeMap<ResourceRef, serde_json::Value>,
+    /// Whether this replica issues certificates: standalone always; on Kubernetes when asked to
+    /// (`--issue-certificates`, otherwise cert-manager owns them) and only while it leads.
+    issuing: bool,
 }
 
 impl Controller {
@@ -75,7 +78,29 @@ impl Controller {
             certs,
             last_loaded: None,
             statuses: Default::default(),
+            issuing: true,
         }
+    }
+
+    /// Turns issuing on or off (the caller re-applies). Off, Certificates get no status from this replica
+    /// and their Secrets are served as the API server has them.
+    pub fn set_issuing(&mut self, issuing: bool) {
+        self.issuing = issuing;
+    }
+
+    /// The Secrets of the certificates this replica issued, for the provider to store.
+    pub fn issued_secrets(&self) -> Vec<portico_resources::core::Secret> {
+        if self.issuing { self.certs.secrets() } else { Vec::new() }
+    }
+
+    /// The provider's last load, as read (without the Secrets this replica issued).
+    pub fn last_loaded(&self) -> Option<&Loaded> {
+        self.last_loaded.as_ref()
+    }
+
+    /// What the admin API shows now.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
     }
 
     /// Statuses of the last apply (Kubernetes writes them back).
@@ -85,6 +110,9 @@ impl Controller {
 
     /// How long until a certificate must be renewed (the control loop calls [`Controller::renew`] then).
     pub fn next_renewal(&self) -> Option<std::time::Duration> {
+        if !self.issuing {
+            return None;
+        }
         self.certs.next_renewal(std::time::SystemTime::now())
     }
 
@@ -107,15 +135,19 @@ impl Controller {
     pub async fn apply(&mut self, loaded: Loaded) {
         self.last_loaded = Some(loaded.clone());
         let mut loaded = loaded;
-        self.certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now());
+        if self.issuing {
+            self.certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now());
+        }
         let (mut translation, served, kept) = translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
+        if self.issuing {
+            translation.statuses.extend(self.certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
+            translation.diagnostics.extend(self.certs.errors().iter().cloned());
+        }
         self.statuses = translation
             .statuses
             .iter()
             .filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v)))
             .collect();
-        translation.statuses.extend(self.certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
-        translation.diagnostics.extend(self.certs.errors().iter().cloned());
         self.generation += 1;
         let generation = self.generation;
         let mut listener_errors = Vec::new();

@@ -1,7 +1,7 @@
 //! `portico demo`: the article's deployment on this machine in one command. Four test applications stand in
 //! for the team's nginx pods (ports from `examples/article/README.md`), and Portico serves one flavour.
 
-use crate::{DemoArgs, RunArgs, SourceArgs, TranslateArgs};
+use crate::{DemoArgs, KubernetesArgs, RunArgs, SourceArgs, TranslateArgs};
 use anyhow::Context as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -49,6 +49,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         state_dir: ".portico".into(),
         admin: args.admin,
         drain_seconds: 5,
+        reuse_port: false,
+        kubernetes: KubernetesArgs::default(),
     };
     let ca = tls.join("root-ca.crt");
     println!("Portico demo: the article's {} flavour on VIP {vip}", args.flavour);

@@ -68,6 +68,8 @@ struct SyncRuntime {
     running: Mutex<Option<(watch::Sender<Vec<DesiredRecord>>, SyncLoop)>>,
     /// Records not handed to the sync: outside its zone or in an excluded domain.
     skipped: Mutex<Vec<(DesiredRecord, String)>>,
+    /// Only the leader syncs (on Kubernetes, one replica of several); standalone Portico always leads.
+    leading: std::sync::atomic::AtomicBool,
 }
 
 impl DnsRuntime {
@@ -98,6 +100,11 @@ impl DnsRuntime {
             let (wanted, skipped) = sync.select(ir.dns.publish.iter().map(desired));
             *lock(&sync.skipped) = skipped;
             let mut running = lock(&sync.running);
+            if !sync.leading.load(std::sync::atomic::Ordering::Relaxed) {
+                // A follower never writes to the corporate DNS; dropping the loop stops it.
+                running.take();
+                return;
+            }
             match running.as_ref() {
                 Some((sender, _)) => {
                     sender.send_if_modified(|current| {
@@ -114,6 +121,14 @@ impl DnsRuntime {
                     *running = Some((sender, sync_loop));
                 }
             }
+        }
+    }
+
+    /// Starts or stops the sync with leadership (the next [`DnsRuntime::apply`] acts on it). The server
+    /// answers on every replica either way.
+    pub fn set_leading(&self, leading: bool) {
+        if let Some(sync) = &self.sync {
+            sync.leading.store(leading, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -156,7 +171,13 @@ fn sync_runtime(settings: &SyncSettings) -> anyhow::Result<SyncRuntime> {
         }
     };
     let syncer = Arc::new(Syncer::new(settings.config.clone(), signer)?);
-    Ok(SyncRuntime { syncer, interval: settings.interval, running: Mutex::new(None), skipped: Mutex::new(Vec::new()) })
+    Ok(SyncRuntime {
+        syncer,
+        interval: settings.interval,
+        running: Mutex::new(None),
+        skipped: Mutex::new(Vec::new()),
+        leading: std::sync::atomic::AtomicBool::new(true),
+    })
 }
 
 impl SyncRuntime {

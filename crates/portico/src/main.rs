@@ -120,6 +120,53 @@ struct RunArgs {
     /// How long to let open requests finish on SIGTERM.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     drain_seconds: u64,
+    /// Share listening addresses with other processes (SO_REUSEPORT): replicas on one host's network, or a
+    /// new binary started before the old one drains.
+    #[arg(long)]
+    reuse_port: bool,
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
+}
+
+/// Settings that only matter with --kubernetes.
+#[derive(Args, Clone, Default)]
+struct KubernetesArgs {
+    /// Issue cert-manager Certificates with Portico's CA and ACME issuers and write their Secrets and status.
+    /// Default: on standalone; off on Kubernetes, where cert-manager may own them (Portico then only serves
+    /// the Secrets).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    issue_certificates: Option<bool>,
+    /// Elect one leader among the replicas (a coordination.k8s.io Lease) to write status, issue certificates
+    /// and sync DNS; every replica serves traffic. Off: this replica does all of it.
+    #[arg(long, default_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    leader_elect: bool,
+    /// Namespace of the Lease (the release namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "portico")]
+    leader_election_id: String,
+    /// Seconds a Lease holds without renewal: the longest failover.
+    #[arg(long, default_value = "15", value_name = "SECONDS")]
+    lease_duration: u64,
+    /// This replica's name in the Lease (default: $POD_NAME or the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+impl KubernetesArgs {
+    fn lease(&self) -> portico_provider::lease::LeaseConfig {
+        let name = self.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+        });
+        portico_provider::lease::LeaseConfig {
+            namespace: self.leader_election_namespace.clone(),
+            name: self.leader_election_id.clone(),
+            // The process id tells a restarted container from its predecessor.
+            identity: format!("{name}_{}", std::process::id()),
+            lease_duration: Duration::from_secs(self.lease_duration.max(2)),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -266,53 +313,91 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     };
     let metrics = Arc::new(Metrics::default());
     let proxy = Arc::new(Proxy::new(metrics.clone())?);
+    proxy.set_reuse_port(args.reuse_port);
     let view = Arc::new(ArcSwap::from_pointee(controller::View { dns, ..controller::View::default() }));
     let admin = admin::serve(args.admin, view.clone(), metrics.clone(), proxy.clone()).await?;
     tracing::info!(%admin, "admin endpoint");
-    let (mut updates, mut status_writer) = if args.source.kubernetes {
+    let options = config_file.translate_options(args.source.translate.options());
+    // Standalone, this process does everything; on Kubernetes, status, certificates and DNS sync are the
+    // leader's (every replica serves traffic), and issuing is opt-in so as not to fight cert-manager.
+    let mut elector = None;
+    let (mut updates, mut status_writer, mut leading) = if args.source.kubernetes {
         let provider =
             portico_provider::kubernetes::KubernetesProvider::connect(args.source.kubeconfig.as_deref()).await?;
-        let writer = provider.status_writer();
-        (provider.watch(Duration::from_millis(150)), Some(writer))
+        let writer = provider.status_writer(&options.gateway_controller);
+        let leading = if args.kubernetes.leader_elect {
+            let started = portico_provider::lease::LeaderElector::start(provider.client(), args.kubernetes.lease());
+            let leading = started.subscribe();
+            elector = Some(started);
+            leading
+        } else {
+            tokio::sync::watch::channel(true).1
+        };
+        (provider.watch(Duration::from_millis(150)), Some(writer), leading)
     } else {
         let provider = FileProvider::new(args.source.config.clone(), args.source.default_namespace.clone());
-        (provider.watch(Duration::from_millis(150))?, None)
+        (provider.watch(Duration::from_millis(150))?, None, tokio::sync::watch::channel(true).1)
     };
+    let issue_certificates = args.kubernetes.issue_certificates.unwrap_or(!args.source.kubernetes);
     let (acme, mut acme_outcomes) = certs::AcmeRuntime::new();
     let responder = acme.responder.clone();
     proxy.set_challenge_responder(Box::new(move |path| responder.respond(path)));
     let mut controller = controller::Controller::new(
         proxy.clone(),
-        config_file.translate_options(args.source.translate.options()),
+        options,
         view,
         Some(args.state_dir.clone()),
         args.source.cluster_resource_namespace.clone(),
         acme,
     );
+    let set_leading = |controller: &mut controller::Controller, leads: bool| {
+        controller.set_issuing(issue_certificates && leads);
+        if let Some(dns) = &controller.view().dns {
+            dns.set_leading(leads);
+        }
+    };
+    set_leading(&mut controller, *leading.borrow());
     let shutdown = shutdown_signal(stop);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             update = updates.recv() => match update {
-                Some(Ok(loaded)) => {
-                    let snapshot = loaded.snapshot.clone();
-                    controller.apply(loaded).await;
-                    // On Kubernetes, statuses go back to the API server (only those that changed).
-                    if let Some(writer) = status_writer.as_mut() {
-                        for error in writer.write(&controller.statuses(), &snapshot).await {
-                            tracing::warn!(%error);
-                        }
-                    }
-                }
+                Some(Ok(loaded)) => controller.apply(loaded).await,
                 // The directory vanished or became unreadable: keep serving the last configuration.
-                Some(Err(error)) => tracing::error!(%error, "cannot read the configuration; serving the last one"),
+                Some(Err(error)) => {
+                    tracing::error!(%error, "cannot read the configuration; serving the last one");
+                    continue;
+                }
                 None => break,
             },
             Some(outcome) = acme_outcomes.recv() => controller.acme_done(outcome).await,
             // A certificate is due for renewal (or a failed issuance for another try).
             () = renewal_timer(controller.next_renewal()) => controller.renew().await,
+            Ok(()) = leading.changed() => {
+                let leads = *leading.borrow_and_update();
+                set_leading(&mut controller, leads);
+                // A new leader writes every status afresh: it cannot know what the last one left.
+                if let Some(writer) = status_writer.as_mut() {
+                    writer.reset();
+                }
+                controller.renew().await;
+            }
             () = &mut shutdown => break,
         }
+        // On Kubernetes the leader writes statuses (only those that changed) and issued Secrets back.
+        if let (Some(writer), true) = (status_writer.as_mut(), *leading.borrow())
+            && let Some(loaded) = controller.last_loaded()
+        {
+            for error in writer.write(&controller.statuses(), &loaded.snapshot).await {
+                tracing::warn!(%error);
+            }
+            for error in writer.write_secrets(&controller.issued_secrets(), &loaded.snapshot).await {
+                tracing::warn!(%error);
+            }
+        }
+    }
+    if let Some(elector) = elector {
+        elector.release().await;
     }
     tracing::info!("draining");
     proxy.shutdown(Duration::from_secs(args.drain_seconds)).await;

@@ -9,7 +9,8 @@
 
 use crate::{Loaded, ProviderError};
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use portico_resources::{Kind, ResourceRef, Snapshot, decode_object};
@@ -75,9 +76,19 @@ impl KubernetesProvider {
         Ok(KubernetesProvider { client })
     }
 
-    /// A status writer on the same connection.
-    pub fn status_writer(&self) -> StatusWriter {
-        StatusWriter { client: self.client.clone(), written: HashMap::new() }
+    /// A status writer on the same connection; `controller_name` is the GatewayClass controller whose
+    /// entries in route `status.parents` are Portico's.
+    pub fn status_writer(&self, controller_name: &str) -> StatusWriter {
+        StatusWriter {
+            client: self.client.clone(),
+            written: HashMap::new(),
+            controller_name: controller_name.to_string(),
+        }
+    }
+
+    /// The client, for the leader election.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
     }
 
     /// Watches every kind and sends a fresh [`Loaded`] after each burst of changes, once every kind has
@@ -91,7 +102,8 @@ impl KubernetesProvider {
             tokio::spawn(async move {
                 // The watcher retries with backoff on its own: a missing CRD or an API server outage is
                 // logged and waited out, never fatal.
-                let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+                let mut stream =
+                    watcher::watcher(api, watcher::Config::default()).backoff(WatchBackoff::default()).boxed();
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(event) => {
@@ -131,6 +143,39 @@ impl KubernetesProvider {
             }
         });
         rx
+    }
+}
+
+/// Retry delays of a watch: 0.5 s doubling up to 5 s. kube's default grows to 30 s, which after an API
+/// server outage of half a minute delays the resync by as much again; a watch is one cheap request.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const MIN: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
     }
 }
 
@@ -206,11 +251,19 @@ fn snapshot(objects: &Objects) -> Loaded {
 pub struct StatusWriter {
     client: kube::Client,
     written: HashMap<ResourceRef, serde_json::Value>,
+    controller_name: String,
 }
 
 impl StatusWriter {
+    /// Forgets what was written, so that the next [`StatusWriter::write`] writes every status: a new leader
+    /// cannot know what the previous one left.
+    pub fn reset(&mut self) {
+        self.written.clear();
+    }
+
     /// Patches the status of every resource whose status differs from what was written last. Conditions get
-    /// a `lastTransitionTime` (required by the API); errors are returned per resource.
+    /// a `lastTransitionTime` (required by the API); errors are returned per resource. Routes that are no
+    /// longer Portico's lose Portico's entries in `status.parents`.
     pub async fn write(
         &mut self,
         statuses: &BTreeMap<ResourceRef, serde_json::Value>,
@@ -221,28 +274,120 @@ impl StatusWriter {
             if self.written.get(reference) == Some(status) {
                 continue;
             }
-            let Some((kind, group, version, plural)) = WATCHED.iter().find(|w| w.0 == reference.kind) else { continue };
-            let resource = api_resource(*kind, group, version, plural);
-            let api: Api<DynamicObject> = if reference.kind.namespaced() {
-                Api::namespaced_with(self.client.clone(), &reference.key.namespace, &resource)
-            } else {
-                Api::all_with(self.client.clone(), &resource)
-            };
             let generation = snapshot.get(reference).and_then(|r| r.metadata().generation);
             let mut body = status.clone();
             stamp_conditions(&mut body, generation);
-            let patch = serde_json::json!({ "status": body });
-            match api.patch_status(&reference.key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => {
+            match self.patch_status(reference, body).await {
+                Ok(()) => {
                     self.written.insert(reference.clone(), status.clone());
                 }
                 Err(error) => errors.push(format!("{reference}: status not written: {error}")),
             }
         }
-        self.written.retain(|reference, _| statuses.contains_key(reference));
+        let gone: Vec<ResourceRef> =
+            self.written.keys().filter(|reference| !statuses.contains_key(*reference)).cloned().collect();
+        for reference in gone {
+            self.written.remove(&reference);
+            // A deleted object has no status left to clear; a route that left Portico's Gateways keeps the
+            // parents other controllers wrote, without ours.
+            if reference.kind.is_route() && snapshot.get(&reference).is_some() {
+                let cleared = serde_json::json!({ "parents": [] });
+                if let Err(error) = self.patch_status(&reference, cleared).await {
+                    errors.push(format!("{reference}: status not cleared: {error}"));
+                }
+            }
+        }
+        errors
+    }
+
+    fn api(&self, reference: &ResourceRef) -> Option<Api<DynamicObject>> {
+        let (kind, group, version, plural) = WATCHED.iter().find(|w| w.0 == reference.kind)?;
+        let resource = api_resource(*kind, group, version, plural);
+        Some(if reference.kind.namespaced() {
+            Api::namespaced_with(self.client.clone(), &reference.key.namespace, &resource)
+        } else {
+            Api::all_with(self.client.clone(), &resource)
+        })
+    }
+
+    /// Merge-patches `status`. A merge patch replaces arrays whole, so for routes the parents that other
+    /// controllers wrote (another `controllerName`) are read first and kept.
+    async fn patch_status(&self, reference: &ResourceRef, mut status: serde_json::Value) -> Result<(), kube::Error> {
+        let Some(api) = self.api(reference) else { return Ok(()) };
+        if let Some(ours) = status.get("parents").and_then(|p| p.as_array()).cloned() {
+            let current = api.get_status(&reference.key.name).await?;
+            let mut parents: Vec<serde_json::Value> = current
+                .data
+                .pointer("/status/parents")
+                .and_then(|p| p.as_array())
+                .map(|parents| {
+                    parents
+                        .iter()
+                        .filter(|p| {
+                            p.get("controllerName").and_then(|c| c.as_str()).is_some_and(|c| c != self.controller_name)
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            parents.extend(ours);
+            status["parents"] = serde_json::Value::Array(parents);
+        }
+        let patch = serde_json::json!({ "status": status });
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+        api.patch_status(&reference.key.name, &params, &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    /// Creates or updates the Secrets of certificates Portico issued, when their content differs from what
+    /// the API server has (the snapshot, before Portico's own Secrets were put in).
+    pub async fn write_secrets(&self, secrets: &[Secret], current: &Snapshot) -> Vec<String> {
+        let mut errors = Vec::new();
+        for secret in secrets {
+            let (Some(namespace), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else { continue };
+            let key = portico_resources::ObjectKey { namespace: namespace.clone(), name: name.clone() };
+            let existing = current.secrets.get(&key);
+            let annotations_match = |existing: &Secret| {
+                let wanted = secret.metadata.annotations.clone().unwrap_or_default();
+                let have = existing.metadata.annotations.clone().unwrap_or_default();
+                wanted.iter().all(|(k, v)| have.get(k) == Some(v))
+            };
+            if existing.is_some_and(|e| e.data == secret.data && e.type_ == secret.type_ && annotations_match(e)) {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            let result = match api.get_opt(name).await {
+                Ok(None) => {
+                    api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, secret)
+                        .await
+                }
+                Ok(Some(mut found)) => {
+                    // Keep labels and other annotations; replace what cert-manager's layout defines.
+                    let annotations = found.metadata.annotations.get_or_insert_with(Default::default);
+                    annotations.extend(secret.metadata.annotations.clone().unwrap_or_default());
+                    found.data = secret.data.clone();
+                    found.string_data = None;
+                    found.type_ = secret.type_.clone();
+                    api.replace(
+                        name,
+                        &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+                        &found,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(_) => tracing::info!(secret = %key, "certificate Secret written"),
+                Err(error) => errors.push(format!("Secret/{key}: not written: {error}")),
+            }
+        }
         errors
     }
 }
+
+/// The field manager of Portico's writes (shown in `managedFields`).
+pub const FIELD_MANAGER: &str = "portico";
 
 /// Adds `lastTransitionTime` (and `observedGeneration`) to every condition in a status document.
 fn stamp_conditions(value: &mut serde_json::Value, generation: Option<i64>) {

@@ -5,6 +5,7 @@
 //! them stays in the snapshot (with a warning) until the file is fixed or the object is really deleted.
 
 pub mod kubernetes;
+pub mod lease;
 
 use portico_resources::{Diagnostic, Resource, ResourceRef, Severity, Snapshot, Source, parse_manifests};
 use std::collections::BTreeMap;

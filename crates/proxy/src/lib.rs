@@ -54,6 +54,7 @@ pub(crate) struct Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, listener::ListenerHandle>>,
+    reuse_port: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -73,7 +74,16 @@ impl Proxy {
                 challenges: arc_swap::ArcSwapOption::empty(),
             }),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
+            reuse_port: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Opens listening sockets with SO_REUSEPORT from now on: several processes on one host (replicas on
+    /// host networking, or an old and a new binary during an upgrade) then share each address, and the
+    /// kernel spreads new connections between them. Off by default, so that a second Portico started by
+    /// mistake on the same addresses fails loudly instead of taking half the traffic.
+    pub fn set_reuse_port(&self, reuse_port: bool) {
+        self.reuse_port.store(reuse_port, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Serves a new configuration. The IR is compiled first; if that fails nothing changes. Then it is
@@ -109,7 +119,7 @@ impl Proxy {
             if listeners.contains_key(&address) {
                 continue;
             }
-            match bind(address).await {
+            match bind(address, self.reuse_port.load(std::sync::atomic::Ordering::Relaxed)).await {
                 Ok(socket) => match listener::spawn(socket, address, protocol, self.shared.clone()) {
                     Ok(handle) => {
                         tracing::info!(%address, ?protocol, "listening");
@@ -158,9 +168,12 @@ impl Proxy {
 }
 
 /// Binds with SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
-async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+async fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.set_nodelay(true)?;
     socket.bind(address)?;
     socket.listen(1024)

@@ -127,6 +127,11 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(self, Kind::Namespace | Kind::IngressClass | Kind::GatewayClass | Kind::ClusterIssuer)
     }
+
+    /// Gateway API route kinds, whose status lists one entry per parent and controller.
+    pub fn is_route(self) -> bool {
+        matches!(self, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute)
+    }
 }
 
 impl fmt::Display for Kind {

@@ -47,6 +47,11 @@ impl BackendError {
     }
 }
 
+/// The Service (`namespace`, `name`) of a pool named by [`service_pool`] (`namespace/name:port`).
+pub fn pool_service(pool: &str) -> Option<(&str, &str)> {
+    pool.rsplit_once(':')?.0.split_once('/')
+}
+
 /// Resolves a Service port to a pool, adding the pool to the IR. Returns the pool's name.
 pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>) -> Result<String, BackendError> {
     let Some(service) = cx.snapshot.services.get(key) else {

@@ -330,8 +330,12 @@ fn apply_http_rules(cx: &mut Context<'_>) {
             for (plain, variant) in pools {
                 if let Some(mut pool) = cx.out.ir.pools.get(&plain).cloned() {
                     pool.name = variant.clone();
-                    if upstream.is_some() {
-                        pool.tls = upstream.clone();
+                    if let Some(tls) = &upstream {
+                        pool.tls = Some(UpstreamTls {
+                            subject_alt_names: reencrypt_names(&rule.spec.fqdn, &plain),
+                            server_name: Some(rule.spec.fqdn.clone()),
+                            ..tls.clone()
+                        });
                     }
                     balance.apply(&mut pool.balance);
                     cx.out.ir.pools.insert(variant, pool);
@@ -342,6 +346,18 @@ fn apply_http_rules(cx: &mut Context<'_>) {
         let conditions: Vec<Condition> = vec![ok("Accepted", "Accepted", message, generation)];
         cx.set_status(reference, ResourceStatus::Conditions { conditions });
     }
+}
+
+/// The names a re-encrypted backend's certificate may carry. The operator's HTTPRule names none, and
+/// pod addresses are never in certificates: they serve either the application's own certificate (the team's
+/// chart mounts it) or one for their Service's cluster name. SNI carries the virtual host's name.
+fn reencrypt_names(fqdn: &str, pool: &str) -> Vec<String> {
+    let mut names = vec![fqdn.to_string()];
+    if let Some((namespace, service)) = crate::backend::pool_service(pool) {
+        names.push(format!("{service}.{namespace}.svc"));
+        names.push(format!("{service}.{namespace}.svc.cluster.local"));
+    }
+    names
 }
 
 /// Whether a route's path lies under an HTTPRule target (a path prefix).
