@@ -43,11 +43,17 @@ others are `portico run`'s (crates/portico/src/main.rs). Keep them in sync.
 - --admin=0.0.0.0:{{ .Values.admin.port }}
 - --drain-seconds={{ .Values.controller.drainSeconds }}
 - --cluster-resource-namespace={{ .Values.controller.clusterResourceNamespace }}
+# In a pod traffic arrives at the pod's address (the Service translates the VIP): listen on every address.
+- --listen-any
 {{- with .Values.controller.defaultIngressClass }}
 - --default-ingress-class={{ . }}
 {{- end }}
 {{- if .Values.controller.issueCertificates }}
 - --issue-certificates
+{{- end }}
+{{- if .Values.controller.manageGatewayServices }}
+- --gateway-services-namespace={{ .Release.Namespace }}
+- --gateway-service-selector=app.kubernetes.io/name={{ include "portico.name" . }},app.kubernetes.io/instance={{ .Release.Name }}
 {{- end }}
 {{- range .Values.controller.extraArgs }}
 - {{ . | quote }}

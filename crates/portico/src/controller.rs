@@ -52,6 +52,8 @@ pub struct Controller {
     last_loaded: Option<Loaded>,
     /// Statuses of the last apply, for providers that write them back.
     statuses: std::collections::BTreeMap<ResourceRef, serde_json::Value>,
+    /// The LoadBalancer Services the last translation wants for Gateways.
+    gateway_services: Vec<portico_resources::core::Service>,
     /// Whether this replica issues certificates: standalone always; on Kubernetes when asked to
     /// (`--issue-certificates`, otherwise cert-manager owns them) and only while it leads.
     issuing: bool,
@@ -79,6 +81,7 @@ impl Controller {
             last_loaded: None,
             statuses: Default::default(),
             issuing: true,
+            gateway_services: Vec::new(),
         }
     }
 
@@ -101,6 +104,11 @@ impl Controller {
     /// What the admin API shows now.
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()
+    }
+
+    /// The LoadBalancer Services the last apply wants (Kubernetes creates them).
+    pub fn gateway_services(&self) -> &[portico_resources::core::Service] {
+        &self.gateway_services
     }
 
     /// Statuses of the last apply (Kubernetes writes them back).
@@ -143,6 +151,7 @@ impl Controller {
             translation.statuses.extend(self.certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
             translation.diagnostics.extend(self.certs.errors().iter().cloned());
         }
+        self.gateway_services = translation.gateway_services.clone();
         self.statuses = translation
             .statuses
             .iter()

@@ -93,6 +93,54 @@ struct TranslateArgs {
     /// operator's convention `avi-system/router-certs-default`.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     default_certificate: Option<String>,
+    /// The Service in front of Portico's replicas: Ingresses, and Gateways that request no address, report its
+    /// load-balancer addresses.
+    #[arg(long, env = "PORTICO_PUBLISH_SERVICE", value_name = "NAMESPACE/NAME")]
+    publish_service: Option<String>,
+    /// Addresses for Gateways that request none, one each (IPs or ranges like 192.0.2.10-192.0.2.19): the
+    /// edge mode, where Portico runs outside the cluster with routable pod addresses.
+    #[arg(long, value_name = "IP|IP-IP", value_delimiter = ',', value_parser = parse_address_range)]
+    gateway_address_pool: Vec<Vec<IpAddr>>,
+    /// Manage a Service of type LoadBalancer in this namespace for every Gateway that requests no address; the
+    /// Gateway is served on the address the cluster's LB provider gives it.
+    #[arg(long, value_name = "NAMESPACE")]
+    gateway_services_namespace: Option<String>,
+    /// Labels of Portico's pods, the selector of those Services (KEY=VALUE, comma-separated).
+    #[arg(long, value_name = "KEY=VALUE", value_delimiter = ',', value_parser = parse_label)]
+    gateway_service_selector: Vec<(String, String)>,
+    /// Listen on the wildcard address of each port rather than on the VIPs (in a pod, where traffic arrives at
+    /// the pod's address).
+    #[arg(long)]
+    listen_any: bool,
+}
+
+/// `192.0.2.10` or `192.0.2.10-192.0.2.19` (at most 65,536 addresses).
+fn parse_address_range(text: &str) -> Result<Vec<IpAddr>, String> {
+    let Some((first, last)) = text.split_once('-') else {
+        return text.parse::<IpAddr>().map(|ip| vec![ip]).map_err(|e| format!("{text:?}: {e}"));
+    };
+    let parse = |s: &str| s.trim().parse::<IpAddr>().map_err(|e| format!("{s:?}: {e}"));
+    let (first, last) = (parse(first)?, parse(last)?);
+    let (start, end) = match (first, last) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b))),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b)),
+        _ => return Err(format!("{text:?}: both ends must be of the same family")),
+    };
+    if end < start || end - start >= 65_536 {
+        return Err(format!("{text:?}: the range must be ascending and hold at most 65,536 addresses"));
+    }
+    Ok((start..=end)
+        .map(|n| match first {
+            IpAddr::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(n as u32)),
+            IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(n)),
+        })
+        .collect())
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 impl TranslateArgs {
@@ -102,6 +150,11 @@ impl TranslateArgs {
             default_gateway_address: self.gateway_address,
             default_ingress_class: self.default_ingress_class.clone(),
             default_certificate: self.default_certificate.clone(),
+            publish_service: self.publish_service.clone(),
+            gateway_address_pool: self.gateway_address_pool.iter().flatten().copied().collect(),
+            gateway_services_namespace: self.gateway_services_namespace.clone(),
+            gateway_service_selector: self.gateway_service_selector.iter().cloned().collect(),
+            listen_any: self.listen_any,
             ..TranslateOptions::default()
         }
     }
@@ -318,6 +371,7 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     let admin = admin::serve(args.admin, view.clone(), metrics.clone(), proxy.clone()).await?;
     tracing::info!(%admin, "admin endpoint");
     let options = config_file.translate_options(args.source.translate.options());
+    let gateway_services_namespace = options.gateway_services_namespace.clone();
     // Standalone, this process does everything; on Kubernetes, status, certificates and DNS sync are the
     // leader's (every replica serves traffic), and issuing is opt-in so as not to fight cert-manager.
     let mut elector = None;
@@ -393,6 +447,12 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
             }
             for error in writer.write_secrets(&controller.issued_secrets(), &loaded.snapshot).await {
                 tracing::warn!(%error);
+            }
+            if let Some(namespace) = &gateway_services_namespace {
+                let services = controller.gateway_services();
+                for error in writer.sync_gateway_services(services, &loaded.snapshot, namespace).await {
+                    tracing::warn!(%error);
+                }
             }
         }
     }

@@ -200,10 +200,31 @@ async fn http_get(ip: &str, host: &str, path: &str) -> Result<common::Answer, St
     request(vip(ip, 80), host, "GET", path, &[], None).await
 }
 
-/// An HTTPRoute on the article's Gateway that redirects to `target` (no backend needed).
-fn redirect_route(name: &str, gateway: &str, hostname: &str, target: &str) -> String {
+/// Acts as the cluster's LB provider (MetalLB, a cloud): gives a Service its external address.
+fn give_load_balancer_address(kube: &Kube, namespace: &str, service: &str, ip: &str) {
+    let patch = format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{ip}"}}]}}}}}}"#);
+    let args = [
+        "--request-timeout=20s",
+        "patch",
+        "service",
+        service,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ];
+    kube.run("kubectl", &args, None).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The article Gateway's plain HTTP listener.
+const HTTP_LISTENER: &str = "app01-aclab-nginx-http-listener";
+
+/// An HTTPRoute on listener `section` of `gateway` that redirects to `target` (no backend needed).
+fn redirect_route(name: &str, gateway: &str, section: &str, hostname: &str, target: &str) -> String {
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: dev}}\nspec:\n  parentRefs: [{{name: {gateway}, sectionName: app01-aclab-nginx-http-listener}}]\n  hostnames: [{hostname}]\n  rules:\n  - filters:\n    - type: RequestRedirect\n      requestRedirect: {{hostname: {target}, statusCode: 302}}\n"
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: dev}}\nspec:\n  parentRefs: [{{name: {gateway}, sectionName: {section}}}]\n  hostnames: [{hostname}]\n  rules:\n  - filters:\n    - type: RequestRedirect\n      requestRedirect: {{hostname: {target}, statusCode: 302}}\n"
     )
 }
 
@@ -263,6 +284,8 @@ async fn acceptance(dir: PathBuf) {
         "portico-system",
         "--set",
         "controller.issueCertificates=true",
+        "--set",
+        "controller.manageGatewayServices=true",
         "--api-versions",
         "gateway.networking.k8s.io/v1/GatewayClass",
     ]);
@@ -328,6 +351,10 @@ async fn acceptance(dir: PathBuf) {
                 "--identity",
                 identity,
                 "--reuse-port",
+                "--gateway-services-namespace",
+                "portico-system",
+                "--gateway-service-selector",
+                "app.kubernetes.io/name=portico",
             ],
             &state,
         )
@@ -388,14 +415,14 @@ async fn acceptance(dir: PathBuf) {
     );
 
     // --- routes changed with kubectl ----------------------------------------------------------------------------
-    kube.apply(&redirect_route("extra", gateway_name, "extra.aclab.uk", "one.example.org"));
+    kube.apply(&redirect_route("extra", gateway_name, HTTP_LISTENER, "extra.aclab.uk", "one.example.org"));
     let applied = Instant::now();
     eventually("the new route", Duration::from_secs(10), async || {
         http_get(GATEWAY_VIP, "extra.aclab.uk", "/").await.ok().filter(|a| a.status == 302)
     })
     .await;
     let created_in = applied.elapsed();
-    kube.apply(&redirect_route("extra", gateway_name, "extra.aclab.uk", "two.example.org"));
+    kube.apply(&redirect_route("extra", gateway_name, HTTP_LISTENER, "extra.aclab.uk", "two.example.org"));
     let applied = Instant::now();
     eventually("the changed route", Duration::from_secs(10), async || {
         http_get(GATEWAY_VIP, "extra.aclab.uk", "/")
@@ -429,7 +456,7 @@ async fn acceptance(dir: PathBuf) {
     )
     .expect("another controller's status");
     // Detached (its parentRef now names a Gateway that does not exist): 404, and Portico's parent entry goes.
-    kube.apply(&redirect_route("extra", "no-such-gateway", "extra.aclab.uk", "two.example.org"));
+    kube.apply(&redirect_route("extra", "no-such-gateway", HTTP_LISTENER, "extra.aclab.uk", "two.example.org"));
     eventually("the detached route answers 404", Duration::from_secs(10), async || {
         http_get(GATEWAY_VIP, "extra.aclab.uk", "/").await.ok().filter(|a| a.status == 404)
     })
@@ -443,7 +470,7 @@ async fn acceptance(dir: PathBuf) {
     assert_eq!(parents.len(), 1, "the other controller's entry is kept: {route}");
     assert_eq!(parents[0]["controllerName"], "example.com/other");
     // Re-attached, then deleted: 404 and the Gateway counts one route less again.
-    kube.apply(&redirect_route("extra", gateway_name, "extra.aclab.uk", "two.example.org"));
+    kube.apply(&redirect_route("extra", gateway_name, HTTP_LISTENER, "extra.aclab.uk", "two.example.org"));
     eventually("the re-attached route", Duration::from_secs(10), async || {
         http_get(GATEWAY_VIP, "extra.aclab.uk", "/").await.ok().filter(|a| a.status == 302)
     })
@@ -460,6 +487,43 @@ async fn acceptance(dir: PathBuf) {
     eventually_sync("attachedRoutes back after the delete", Duration::from_secs(20), || {
         let gateway = kube.get("gateways.gateway.networking.k8s.io", "dev", gateway_name);
         (attached(&gateway) == attached_before).then_some(())
+    });
+
+    // --- a Gateway without an address: Portico makes it a LoadBalancer Service --------------------------------
+    kube.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: managed, namespace: dev}\nspec:\n  gatewayClassName: avi-lb\n  listeners: [{name: web, port: 8080, protocol: HTTP}]\n",
+    );
+    kube.apply(&redirect_route("on-managed", "managed", "web", "managed.aclab.uk", "five.example.org"));
+    let service = eventually_sync("the Gateway's LoadBalancer Service", Duration::from_secs(20), || {
+        let service = kube.get("services", "portico-system", "portico-dev-managed");
+        (!service.is_null()).then_some(service)
+    });
+    assert_eq!(service.pointer("/spec/type").and_then(|v| v.as_str()), Some("LoadBalancer"), "{service}");
+    assert_eq!(service.pointer("/spec/ports/0/port").and_then(|v| v.as_i64()), Some(8080), "{service}");
+    assert_eq!(service.pointer("/spec/selector/app.kubernetes.io~1name").and_then(|v| v.as_str()), Some("portico"));
+    let gateway = kube.get("gateways.gateway.networking.k8s.io", "dev", "managed");
+    assert_eq!(
+        condition(&gateway, "/status/conditions", "Programmed").as_deref(),
+        Some("False"),
+        "no address yet: {gateway}"
+    );
+    give_load_balancer_address(&kube, "portico-system", "portico-dev-managed", "127.0.0.20");
+    eventually("the managed Gateway on its load-balancer address", Duration::from_secs(10), async || {
+        request(vip("127.0.0.20", 8080), "managed.aclab.uk", "GET", "/", &[], None)
+            .await
+            .ok()
+            .filter(|a| a.status == 302)
+    })
+    .await;
+    eventually_sync("the managed Gateway's status address", Duration::from_secs(20), || {
+        let gateway = kube.get("gateways.gateway.networking.k8s.io", "dev", "managed");
+        (gateway.pointer("/status/addresses/0/value").and_then(|v| v.as_str()) == Some("127.0.0.20")
+            && condition(&gateway, "/status/conditions", "Programmed").as_deref() == Some("True"))
+        .then_some(())
+    });
+    kube.kubectl(&["delete", "gateway", "managed", "-n", "dev"]);
+    eventually_sync("the Service of the deleted Gateway is deleted", Duration::from_secs(20), || {
+        kube.get("services", "portico-system", "portico-dev-managed").is_null().then_some(())
     });
 
     // --- the API server stopped for 30 s ------------------------------------------------------------------------
@@ -479,7 +543,7 @@ async fn acceptance(dir: PathBuf) {
     assert!(served > 50, "only {served} requests in 30 s");
     run_ok(kube.testenv.to_str().expect("path"), &["start-apiserver", dir_arg]);
     let back = Instant::now();
-    kube.apply(&redirect_route("after-outage", gateway_name, "after.aclab.uk", "three.example.org"));
+    kube.apply(&redirect_route("after-outage", gateway_name, HTTP_LISTENER, "after.aclab.uk", "three.example.org"));
     let (_, resynced) = eventually("a route created after the outage", Duration::from_secs(90), async || {
         http_get(GATEWAY_VIP, "after.aclab.uk", "/").await.ok().filter(|a| a.status == 302)
     })
@@ -531,7 +595,7 @@ async fn acceptance(dir: PathBuf) {
     kube.apply(
         "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: failover, namespace: dev}\nspec:\n  secretName: failover-tls\n  commonName: failover.aclab.uk\n  dnsNames: [failover.aclab.uk]\n  issuerRef: {name: tanzu-sub01-clusterissuer, kind: ClusterIssuer, group: cert-manager.io}\n",
     );
-    kube.apply(&redirect_route("after-failover", gateway_name, "failover.aclab.uk", "four.example.org"));
+    kube.apply(&redirect_route("after-failover", gateway_name, HTTP_LISTENER, "failover.aclab.uk", "four.example.org"));
     eventually_sync("the new leader issues the Certificate", Duration::from_secs(30), || {
         let certificate = kube.get("certificates.cert-manager.io", "dev", "failover");
         let secret = kube.get("secrets", "dev", "failover-tls");

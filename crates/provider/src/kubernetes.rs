@@ -9,11 +9,11 @@
 
 use crate::{Loaded, ProviderError};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use portico_resources::{Kind, ResourceRef, Snapshot, decode_object};
+use portico_resources::{Kind, ResourceRef, Snapshot, decode_object, labels};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -384,6 +384,102 @@ impl StatusWriter {
         }
         errors
     }
+}
+
+impl StatusWriter {
+    /// Creates or updates the LoadBalancer Services Portico wants for its Gateways, and deletes the ones it
+    /// made that no Gateway wants any more (only Services labelled as Portico's, in `namespace`). The
+    /// Services' status (the address the LB provider gives) is the provider's; Portico reads it back through
+    /// the watch.
+    pub async fn sync_gateway_services(&self, wanted: &[Service], current: &Snapshot, namespace: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+        let mut wanted_names = std::collections::BTreeSet::new();
+        for service in wanted {
+            let Some(name) = service.metadata.name.clone() else { continue };
+            wanted_names.insert(name.clone());
+            let key = portico_resources::ObjectKey { namespace: namespace.to_string(), name: name.clone() };
+            let result = match current.services.get(&key) {
+                None => api.create(&params, service).await.map(|_| "created"),
+                Some(existing) if same_service(existing, service) => continue,
+                Some(_) => match api.get_opt(&name).await {
+                    // Keep what the API server and others set (clusterIP, nodePorts, annotations, status).
+                    Ok(Some(mut found)) => {
+                        let spec = found.spec.get_or_insert_with(Default::default);
+                        let desired = service.spec.clone().unwrap_or_default();
+                        spec.type_ = desired.type_;
+                        spec.selector = desired.selector;
+                        spec.external_traffic_policy = desired.external_traffic_policy;
+                        spec.ports =
+                            Some(merge_ports(spec.ports.take().unwrap_or_default(), desired.ports.unwrap_or_default()));
+                        found
+                            .metadata
+                            .labels
+                            .get_or_insert_with(Default::default)
+                            .extend(service.metadata.labels.clone().unwrap_or_default());
+                        api.replace(&name, &params, &found).await.map(|_| "updated")
+                    }
+                    Ok(None) => api.create(&params, service).await.map(|_| "created"),
+                    Err(error) => Err(error),
+                },
+            };
+            match result {
+                Ok(action) => tracing::info!(service = %key, action, "Gateway Service written"),
+                Err(error) => errors.push(format!("Service/{key}: not written: {error}")),
+            }
+        }
+        let ours = current.services.iter().filter(|(key, service)| {
+            key.namespace == namespace
+                && !wanted_names.contains(&key.name)
+                && service.metadata.labels.as_ref().is_some_and(|l| {
+                    l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::PORTICO)
+                        && l.contains_key(labels::GATEWAY_NAME)
+                })
+        });
+        for (key, _) in ours {
+            match api.delete(&key.name, &Default::default()).await {
+                Ok(_) => tracing::info!(service = %key, "Gateway Service deleted: no Gateway wants it"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => errors.push(format!("Service/{key}: not deleted: {error}")),
+            }
+        }
+        errors
+    }
+}
+
+/// Whether the API server's Service already has what Portico wants (fields the API server fills in aside).
+fn same_service(existing: &Service, wanted: &Service) -> bool {
+    let (Some(have), Some(want)) = (&existing.spec, &wanted.spec) else { return false };
+    let ports =
+        |ports: &Option<Vec<k8s_openapi::api::core::v1::ServicePort>>| -> Vec<(Option<String>, i32, Option<String>)> {
+            ports.iter().flatten().map(|p| (p.name.clone(), p.port, p.protocol.clone())).collect()
+        };
+    let labels_present = wanted
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| existing.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    have.type_ == want.type_
+        && have.selector == want.selector
+        && have.external_traffic_policy == want.external_traffic_policy
+        && ports(&have.ports) == ports(&want.ports)
+        && labels_present
+}
+
+/// The wanted ports, keeping the node ports the API server allocated for ports that stay.
+fn merge_ports(
+    existing: Vec<k8s_openapi::api::core::v1::ServicePort>,
+    wanted: Vec<k8s_openapi::api::core::v1::ServicePort>,
+) -> Vec<k8s_openapi::api::core::v1::ServicePort> {
+    wanted
+        .into_iter()
+        .map(|mut port| {
+            port.node_port = existing.iter().find(|e| e.port == port.port).and_then(|e| e.node_port);
+            port
+        })
+        .collect()
 }
 
 /// The field manager of Portico's writes (shown in `managedFields`).

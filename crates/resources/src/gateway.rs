@@ -32,6 +32,17 @@ pub struct Gateway {
     #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: GatewaySpec,
+    /// What the API server holds (read only: a Gateway keeps the address its status shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<GatewayObservedStatus>,
+}
+
+/// The part of a Gateway's status the translator reads back.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayObservedStatus {
+    #[serde(default)]
+    pub addresses: Vec<GatewayAddress>,
 }
 
 /// Spec of a [`Gateway`].

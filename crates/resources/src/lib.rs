@@ -23,9 +23,21 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Re-exported core types, so that crates below the provider need no direct `k8s-openapi` dependency.
+/// Labels of the objects Portico creates (the LoadBalancer Services of Gateways).
+pub mod labels {
+    /// Names the Gateway's namespace (`namespace.name` does not fit a label value; two labels do).
+    pub const GATEWAY_NAMESPACE: &str = "portico.dev/gateway-namespace";
+    /// Names the Gateway.
+    pub const GATEWAY_NAME: &str = "portico.dev/gateway-name";
+    /// Marks what Portico manages: it deletes those no Gateway wants any more, and only those.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The value of [`MANAGED_BY`].
+    pub const PORTICO: &str = "portico";
+}
+
 pub mod core {
     pub use k8s_openapi::ByteString;
-    pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort};
+    pub use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServicePort, ServiceSpec};
     pub use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
     pub use k8s_openapi::api::networking::v1::{
         HTTPIngressPath, Ingress, IngressBackend, IngressClass, IngressRule, IngressSpec, IngressTLS,

@@ -9,6 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 #[derive(Default)]
 pub struct RouteTable {
     listeners: BTreeMap<SocketAddr, ListenerEntry>,
+    /// Every address becomes the wildcard of its family (see `TranslateOptions::listen_any`).
+    listen_any: bool,
 }
 
 /// One address:port being built.
@@ -91,6 +93,20 @@ impl RouteRank {
 }
 
 impl RouteTable {
+    /// An empty table.
+    pub fn new(listen_any: bool) -> Self {
+        RouteTable { listeners: BTreeMap::new(), listen_any }
+    }
+
+    /// The socket that serves `address`.
+    fn bound(&self, address: SocketAddr) -> SocketAddr {
+        match (self.listen_any, address.ip()) {
+            (false, _) => address,
+            (true, IpAddr::V4(_)) => SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), address.port()),
+            (true, IpAddr::V6(_)) => SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), address.port()),
+        }
+    }
+
     /// The listener on `address`, created with `protocol` if new. HTTPS and TLS share a socket (it becomes
     /// HTTPS: TLS with HTTP unless the server name has a TLS route). Fails with the existing owner's name when
     /// the socket already serves plain HTTP and TLS is asked, or the reverse.
@@ -100,6 +116,7 @@ impl RouteTable {
         protocol: Protocol,
         owner: &str,
     ) -> Result<&mut ListenerEntry, String> {
+        let address = self.bound(address);
         let entry = self.listeners.entry(address).or_insert_with(|| ListenerEntry {
             protocol,
             owner: owner.to_string(),
@@ -118,7 +135,7 @@ impl RouteTable {
 
     /// The protocol already bound to an address, if any.
     pub fn protocol_of(&self, address: SocketAddr) -> Option<(Protocol, &str)> {
-        self.listeners.get(&address).map(|l| (l.protocol, l.owner.as_str()))
+        self.listeners.get(&self.bound(address)).map(|l| (l.protocol, l.owner.as_str()))
     }
 
     /// Every listener, for stages that edit virtual hosts across listeners (aliases).

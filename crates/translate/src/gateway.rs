@@ -105,10 +105,16 @@ pub fn translate_gateways(cx: &mut Context<'_>) -> Vec<GatewayInfo> {
     let mut gateways: Vec<(&ObjectKey, &Gateway)> =
         cx.snapshot.gateways.iter().filter(|(_, g)| ours.iter().any(|c| c.name == g.spec.gateway_class_name)).collect();
     gateways.sort_by_key(|(key, g)| (g.metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
-    gateways.into_iter().map(|(key, gateway)| translate_gateway(cx, key, gateway)).collect()
+    let pool = crate::address::assign_pool(&cx.options.gateway_address_pool, &gateways);
+    gateways.into_iter().map(|(key, gateway)| translate_gateway(cx, key, gateway, &pool)).collect()
 }
 
-fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -> GatewayInfo {
+fn translate_gateway(
+    cx: &mut Context<'_>,
+    key: &ObjectKey,
+    gateway: &Gateway,
+    pool: &BTreeMap<ObjectKey, IpAddr>,
+) -> GatewayInfo {
     let reference = ResourceRef { kind: Kind::Gateway, key: key.clone() };
     let generation = gateway.metadata.generation;
     let mut conditions = Vec::new();
@@ -137,8 +143,12 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
             }
         }
     }
+    let mut waiting = None;
     if gateway.spec.addresses.is_empty() {
-        addresses.extend(cx.options.default_gateway_address);
+        match crate::address::gateway_address(cx, key, gateway, pool) {
+            crate::address::Assigned::Addresses(assigned) => addresses.extend(assigned),
+            crate::address::Assigned::Waiting(why) => waiting = Some(why),
+        }
     }
 
     let mut listeners: Vec<ListenerInfo> =
@@ -222,12 +232,8 @@ fn translate_gateway(cx: &mut Context<'_>, key: &ObjectKey, gateway: &Gateway) -
     if unsupported_address.is_some() {
         conditions.push(not("Programmed", "AddressNotUsable", "The requested address cannot be used", generation));
     } else if addresses.is_empty() {
-        conditions.push(not(
-            "Programmed",
-            "AddressNotAssigned",
-            "No address: set spec.addresses or Portico's default Gateway address",
-            generation,
-        ));
+        let why = waiting.unwrap_or_else(|| "No address: set spec.addresses".into());
+        conditions.push(not("Programmed", "AddressNotAssigned", why, generation));
     } else if valid == 0 {
         conditions.push(not("Programmed", "Invalid", "No listener is valid", generation));
     } else {

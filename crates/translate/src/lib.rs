@@ -7,6 +7,7 @@
 //! [`ingress`] -> [`hostrule`] (operator overlays) -> [`assemble`] (order virtual hosts and routes into
 //! the IR) -> [`dns`] (the records to serve and to publish, when DNS is configured).
 
+mod address;
 mod assemble;
 mod backend;
 mod dns;
@@ -50,6 +51,24 @@ pub struct TranslateOptions {
     pub default_certificate: Option<String>,
     /// The address a Gateway gets when it requests none (standalone mode has no LoadBalancer Service).
     pub default_gateway_address: Option<IpAddr>,
+    /// `namespace/name` of the Service in front of Portico's replicas: Ingresses, and Gateways that request
+    /// no address, report its load-balancer IPs (as ingress-nginx's `--publish-service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_service: Option<String>,
+    /// Addresses handed out to Gateways that request none, one each (the edge mode's static pool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_address_pool: Vec<IpAddr>,
+    /// When set, Portico wants a Service of type LoadBalancer in this namespace for every Gateway that requests
+    /// no address, and serves the Gateway on the address the cluster's LB provider gives that Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_services_namespace: Option<String>,
+    /// The selector of those Services: Portico's pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gateway_service_selector: BTreeMap<String, String>,
+    /// Listen on the wildcard address of each port instead of the VIPs: in a pod, traffic arrives at the
+    /// pod's own address (the Service's load balancer translates the VIP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub listen_any: bool,
     /// DNS records to serve and publish (`ir.dns`); nothing is computed when no zone and no sync is set.
     #[serde(default)]
     pub dns: DnsOptions,
@@ -64,6 +83,11 @@ impl Default for TranslateOptions {
             ingress_addresses: vec![IpAddr::from([127, 0, 0, 1])],
             default_gateway_address: None,
             default_certificate: None,
+            publish_service: None,
+            gateway_address_pool: Vec::new(),
+            gateway_services_namespace: None,
+            gateway_service_selector: BTreeMap::new(),
+            listen_any: false,
             dns: DnsOptions::default(),
         }
     }
@@ -82,6 +106,8 @@ pub struct Translation {
     pub statuses: BTreeMap<ResourceRef, ResourceStatus>,
     /// Errors and warnings, located in their files when the snapshot knows them.
     pub diagnostics: Vec<Diagnostic>,
+    /// The LoadBalancer Services Portico wants for its Gateways (`gateway_services_namespace`).
+    pub gateway_services: Vec<portico_resources::core::Service>,
 }
 
 impl Translation {
@@ -105,6 +131,7 @@ impl Translation {
             ir: &self.ir,
             statuses: self.statuses.iter().map(|(k, v)| (k.to_string(), v)).collect(),
             diagnostics: self.diagnostics.iter().map(ToString::to_string).collect(),
+            gateway_services: &self.gateway_services,
         }
     }
 }
@@ -115,6 +142,8 @@ pub struct Report<'a> {
     pub ir: &'a Ir,
     pub statuses: BTreeMap<String, &'a ResourceStatus>,
     pub diagnostics: Vec<String>,
+    #[serde(rename = "gatewayServices", skip_serializing_if = "<[_]>::is_empty")]
+    pub gateway_services: &'a [portico_resources::core::Service],
 }
 
 /// Translates a snapshot. Pure: no I/O, no clock.
@@ -123,7 +152,7 @@ pub fn translate(snapshot: &Snapshot, options: &TranslateOptions) -> Translation
         snapshot,
         options,
         out: Translation::default(),
-        routes: assemble::RouteTable::default(),
+        routes: assemble::RouteTable::new(options.listen_any),
         backend_tls: BTreeMap::new(),
         policies: policy::PolicyIndex::default(),
     };
