@@ -395,6 +395,8 @@ async fn acceptance(dir: PathBuf) {
     );
     let class = kube.get("gatewayclasses.gateway.networking.k8s.io", "", "avi-lb");
     assert_eq!(condition(&class, "/status/conditions", "Accepted").as_deref(), Some("True"), "{class}");
+    let features = class.pointer("/status/supportedFeatures").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+    assert!(features.iter().any(|f| f["name"] == "HTTPRoute"), "supportedFeatures lists HTTPRoute: {class}");
     let ingress = eventually_sync("Ingress status.loadBalancer", Duration::from_secs(20), || {
         let ingress = kube.get("ingresses.networking.k8s.io", "dev-ingress", "app01-aclab-nginx-ing");
         ingress.pointer("/status/loadBalancer/ingress/0/ip").is_some().then_some(ingress)

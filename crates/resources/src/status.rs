@@ -38,7 +38,13 @@ impl Condition {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ResourceStatus {
-    /// GatewayClass, and other kinds that only carry conditions (HostRule, HTTPRule, ...).
+    /// A GatewayClass: conditions and the Gateway API features Portico implements (sorted, as the spec asks).
+    GatewayClass {
+        conditions: Vec<Condition>,
+        #[serde(rename = "supportedFeatures")]
+        supported_features: Vec<SupportedFeature>,
+    },
+    /// Kinds that only carry conditions (HostRule, HTTPRule, Certificate, ...).
     Conditions {
         conditions: Vec<Condition>,
     },
@@ -51,7 +57,9 @@ impl ResourceStatus {
     /// Every condition in the status, including those of listeners and route parents.
     pub fn all_conditions(&self) -> Vec<&Condition> {
         match self {
-            ResourceStatus::Conditions { conditions } => conditions.iter().collect(),
+            ResourceStatus::Conditions { conditions } | ResourceStatus::GatewayClass { conditions, .. } => {
+                conditions.iter().collect()
+            }
             ResourceStatus::Gateway(g) => {
                 g.conditions.iter().chain(g.listeners.iter().flat_map(|l| l.conditions.iter())).collect()
             }
@@ -59,6 +67,12 @@ impl ResourceStatus {
             ResourceStatus::Ingress(_) => Vec::new(),
         }
     }
+}
+
+/// One entry of `GatewayClass.status.supportedFeatures`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SupportedFeature {
+    pub name: String,
 }
 
 /// `Gateway.status`.

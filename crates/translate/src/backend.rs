@@ -239,6 +239,9 @@ fn endpoints(
     target_port: Option<&IntOrString>,
 ) -> Vec<SocketAddr> {
     let mut found = Vec::new();
+    // Endpoints that are terminating but still serving get traffic only when no endpoint is ready (as
+    // kube-proxy does), so that a rollout's last old pods finish the job instead of a 503.
+    let mut draining = Vec::new();
     for (key, slice) in &cx.snapshot.endpoint_slices {
         let owner = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
         if key.namespace != service.namespace || owner.map(String::as_str) != Some(service.name.as_str()) {
@@ -260,15 +263,24 @@ fn endpoints(
             continue;
         };
         for endpoint in &slice.endpoints {
-            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            // An unset `ready` means ready; `serving` defaults to `ready`.
+            let ready = conditions.ready != Some(false);
+            let serving = conditions.serving.unwrap_or(ready);
+            let list = if ready {
+                &mut found
+            } else if serving && conditions.terminating == Some(true) {
+                &mut draining
+            } else {
                 continue;
-            }
-            for address in &endpoint.addresses {
-                if let Ok(ip) = address.parse::<IpAddr>() {
-                    found.push(SocketAddr::new(ip, port));
-                }
-            }
+            };
+            list.extend(
+                endpoint.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()).map(|ip| SocketAddr::new(ip, port)),
+            );
         }
+    }
+    if found.is_empty() {
+        found = draining;
     }
     found.sort();
     found.dedup();

@@ -7,7 +7,9 @@ use crate::{Context, hostname, not, ok};
 use portico_ir::{Protocol, SniCertificate};
 use portico_resources::core::LabelSelector;
 use portico_resources::gateway::{Gateway, RouteGroupKind};
-use portico_resources::status::{Condition, GatewayStatus, GatewayStatusAddress, ListenerStatus, ResourceStatus};
+use portico_resources::status::{
+    Condition, GatewayStatus, GatewayStatusAddress, ListenerStatus, ResourceStatus, SupportedFeature,
+};
 use portico_resources::{Kind, ObjectKey, ResourceRef, Snapshot};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -84,6 +86,41 @@ fn selector_matches(snapshot: &Snapshot, selector: &LabelSelector, namespace: &s
     labels_ok && expressions_ok
 }
 
+/// The Gateway API features (names of `sigs.k8s.io/gateway-api/pkg/features`) Portico implements, sorted.
+/// Not listed: GatewayHTTPListenerIsolation (listeners sharing a socket share their routes), UDPRoute, Mesh.
+const SUPPORTED_FEATURES: [&str; 30] = [
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
+    "GRPCRoute",
+    "Gateway",
+    "GatewayAddressEmpty",
+    "GatewayPort8080",
+    "GatewayStaticAddresses",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+    "TLSRoute",
+    "TLSRouteModeMixed",
+    "TLSRouteModeTerminate",
+];
+
 /// Marks Portico's GatewayClasses Accepted and validates the Gateways of those classes, registering their
 /// listeners. Gateways are taken oldest first, so when two claim one socket the older keeps it.
 pub fn translate_gateways(cx: &mut Context<'_>) -> Vec<GatewayInfo> {
@@ -97,9 +134,11 @@ pub fn translate_gateways(cx: &mut Context<'_>) -> Vec<GatewayInfo> {
     for key in &ours {
         let class = &cx.snapshot.gateway_classes[key];
         let condition = ok("Accepted", "Accepted", "Handled by Portico", class.metadata.generation);
+        let supported_features =
+            SUPPORTED_FEATURES.iter().map(|name| SupportedFeature { name: (*name).to_string() }).collect();
         cx.set_status(
             ResourceRef { kind: Kind::GatewayClass, key: key.clone() },
-            ResourceStatus::Conditions { conditions: vec![condition] },
+            ResourceStatus::GatewayClass { conditions: vec![condition], supported_features },
         );
     }
     let mut gateways: Vec<(&ObjectKey, &Gateway)> =
@@ -509,5 +548,14 @@ pub fn write_gateway_statuses(cx: &mut Context<'_>, gateways: &[GatewayInfo]) {
         };
         let _ = gateway.generation;
         cx.set_status(gateway.reference.clone(), ResourceStatus::Gateway(status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn supported_features_are_sorted_and_unique() {
+        // The spec asks for an ascending list; a feature listed twice would be a typo.
+        assert!(super::SUPPORTED_FEATURES.windows(2).all(|w| w[0] < w[1]), "{:?}", super::SUPPORTED_FEATURES);
     }
 }
