@@ -343,18 +343,26 @@ fn validate(args: &SourceArgs) -> anyhow::Result<bool> {
 
 /// `portico translate`: the IR as YAML.
 fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let loaded = load_once(args)?;
+    let read = started.elapsed();
     for diagnostic in &loaded.diagnostics {
         eprintln!("{diagnostic}");
     }
     let translation = translate(&loaded.snapshot, &args.options()?);
+    let translated = started.elapsed();
     for diagnostic in &translation.diagnostics {
         eprintln!("{diagnostic}");
     }
     let value = serde_json::to_value(&translation.ir)?;
     print!("{}", serde_saphyr::to_string(&value).context("rendering the IR as YAML")?);
+    tracing::debug!(?read, translate = ?(translated - read), render = ?(started.elapsed() - translated), "timings");
     Ok(())
 }
+
+/// How long a burst of changes may last before it is applied: long enough for a deploy tool's write and rename
+/// (or a watch event burst) to arrive together, short against the update-to-serving budget (issue 7: 200 ms).
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(40);
 
 /// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
 async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
@@ -387,10 +395,10 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
         } else {
             tokio::sync::watch::channel(true).1
         };
-        (provider.watch(Duration::from_millis(150)), Some(writer), leading)
+        (provider.watch(WATCH_DEBOUNCE), Some(writer), leading)
     } else {
         let provider = FileProvider::new(args.source.config.clone(), args.source.default_namespace.clone());
-        (provider.watch(Duration::from_millis(150))?, None, tokio::sync::watch::channel(true).1)
+        (provider.watch(WATCH_DEBOUNCE)?, None, tokio::sync::watch::channel(true).1)
     };
     let issue_certificates = args.kubernetes.issue_certificates.unwrap_or(!args.source.kubernetes);
     let (acme, mut acme_outcomes) = certs::AcmeRuntime::new();

@@ -39,9 +39,10 @@ pub struct ListenerInfo {
     pub ready: bool,
     /// A TLS listener in Passthrough mode.
     pub passthrough: bool,
-    /// Hostnames taken by accepted HTTPRoutes and GRPCRoutes: `(kind, namespace/name, hostnames)`. The Gateway
-    /// API lets only one of the two kinds serve a hostname on a listener.
-    pub claims: Vec<(&'static str, String, Vec<String>)>,
+    /// Hostnames taken by accepted HTTPRoutes and GRPCRoutes, by kind: `(namespace/name, hostnames)`. The
+    /// Gateway API lets only one of the two kinds serve a hostname on a listener. (By kind, so that a route
+    /// scans only the other kind's claims: none, usually.)
+    pub claims: BTreeMap<&'static str, Vec<(String, Vec<String>)>>,
 }
 
 /// Which namespaces' routes a listener admits.
@@ -475,7 +476,7 @@ fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Ga
         attached_routes: 0,
         ready: ready && protocol.is_some(),
         passthrough,
-        claims: Vec::new(),
+        claims: BTreeMap::new(),
     }
 }
 

@@ -146,10 +146,11 @@ pub fn attach(
         let serving: Vec<&(usize, Vec<String>)> = attached
             .iter()
             .filter(|(i, names)| {
-                let claim = gateway.listeners[*i].claims.iter().find(|(claimant, _, claimed)| {
-                    Some(*claimant) == other_kind && names.iter().any(|n| claimed.iter().any(|c| overlap(n, c)))
-                });
-                if let Some((claimant, by, _)) = claim {
+                let claimant = other_kind.unwrap_or_default();
+                let claims = gateway.listeners[*i].claims.get(claimant).map(Vec::as_slice).unwrap_or_default();
+                let claim =
+                    claims.iter().find(|(_, claimed)| names.iter().any(|n| claimed.iter().any(|c| overlap(n, c))));
+                if let Some((by, _)) = claim {
                     conflicts.push(format!(
                         "{claimant} {by} already serves these hostnames on listener {}",
                         gateway.listeners[*i].name
@@ -202,7 +203,8 @@ pub fn attach(
         if accepted.is_ok() {
             for (listener_index, hostnames) in serving.into_iter().cloned() {
                 if other_kind.is_some() {
-                    gateway.listeners[listener_index].claims.push((kind, key.to_string(), hostnames.clone()));
+                    let claims = gateway.listeners[listener_index].claims.entry(kind).or_default();
+                    claims.push((key.to_string(), hostnames.clone()));
                 }
                 let listener = &gateway.listeners[listener_index];
                 let Some(protocol) = listener.protocol.filter(|_| listener.ready) else {
