@@ -247,7 +247,7 @@ fn describe_yaml_error(error: &serde_norway::Error) -> (usize, String) {
         }
         message.push_str(before);
         // Skip "L column C".
-        let skipped = position.find(|c: char| c == ',').unwrap_or(position.len());
+        let skipped = position.find(',').unwrap_or(position.len());
         rest = &position[skipped..];
     }
     message.push_str(rest);
