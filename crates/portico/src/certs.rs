@@ -127,8 +127,9 @@ impl CertManager {
     }
 
     /// Issues, renews or reloads every wanted certificate, then puts the resulting Secrets into `snapshot`
-    /// (replacing Secrets of the same name read from files, as cert-manager overwrites them).
-    pub fn reconcile(&mut self, snapshot: &mut Snapshot, now: SystemTime) {
+    /// (replacing Secrets of the same name read from files, as cert-manager overwrites them). Returns what
+    /// they displaced, for [`restore`] to put back.
+    pub fn reconcile(&mut self, snapshot: &mut Snapshot, now: SystemTime) -> Displaced {
         self.statuses.clear();
         self.errors.clear();
         let issuers = self.issuer_statuses(snapshot, now);
@@ -162,9 +163,15 @@ impl CertManager {
             // Shim-made Certificates get a status too, as cert-manager creates them as objects.
             self.statuses.insert(reference, ResourceStatus::Conditions { conditions });
         }
+        let mut displaced = Vec::new();
         for (key, (secret_name, issued, issuer_ref)) in &self.issued {
-            snapshot.insert(Resource::Secret(secret(key, secret_name, issued, issuer_ref)), None);
+            let resource = Resource::Secret(secret(key, secret_name, issued, issuer_ref));
+            let reference = resource.resource_ref();
+            let original = snapshot.get(&reference).map(|r| (r, snapshot.sources.get(&reference).cloned()));
+            snapshot.insert(resource, None);
+            displaced.push((reference, original));
         }
+        displaced
     }
 
     /// Issuer and ClusterIssuer statuses; returns the usable CAs by issuer reference.
@@ -484,6 +491,20 @@ fn issuer_spec<'a>(snapshot: &'a Snapshot, issuer: &ResourceRef) -> Option<&'a I
 }
 
 /// The Secret cert-manager would write for an issued certificate.
+/// Secrets [`CertManager::reconcile`] put into a snapshot, with what each replaced (and its source).
+pub type Displaced = Vec<(ResourceRef, Option<(Resource, Option<portico_resources::Source>)>)>;
+
+/// Takes the Secrets [`CertManager::reconcile`] put into `snapshot` out again, so that it is the provider's
+/// view once more (on Kubernetes: what the API server has, which decides whether a Secret must be written).
+pub fn restore(snapshot: &mut Snapshot, displaced: Displaced) {
+    for (reference, original) in displaced.into_iter().rev() {
+        snapshot.remove(&reference);
+        if let Some((resource, source)) = original {
+            snapshot.insert(resource, source);
+        }
+    }
+}
+
 /// The certificate in Secret `namespace/name` of the snapshot, if it is a valid pair for `request`.
 fn issued_in_secret(snapshot: &Snapshot, namespace: &str, name: &str, request: &CertificateRequest) -> Option<Issued> {
     let secret = snapshot.secrets.get(&ObjectKey { namespace: namespace.to_string(), name: name.to_string() })?;

@@ -8,10 +8,10 @@ use arc_swap::ArcSwap;
 use portico_ir::Ir;
 use portico_provider::Loaded;
 use portico_proxy::Proxy;
-use portico_resources::{Diagnostic, Resource, ResourceRef, Severity};
+use portico_resources::{Diagnostic, Resource, ResourceRef, Severity, Snapshot};
 use portico_translate::{TranslateOptions, Translation, translate};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,13 +45,13 @@ pub struct Controller {
     view: Arc<ArcSwap<View>>,
     state_dir: Option<PathBuf>,
     generation: u64,
-    last_good: HashMap<ResourceRef, Resource>,
+    last_good: LastGood,
     /// Issues and renews certificates; its Secrets join each snapshot before translation.
     certs: crate::certs::CertManager,
     /// The provider's last load, re-applied when a certificate is due.
     last_loaded: Option<Loaded>,
     /// Statuses of the last apply, for providers that write them back.
-    statuses: std::collections::BTreeMap<ResourceRef, serde_json::Value>,
+    statuses: std::collections::BTreeMap<ResourceRef, portico_resources::status::ResourceStatus>,
     /// The LoadBalancer Services the last translation wants for Gateways.
     gateway_services: Vec<portico_resources::core::Service>,
     /// Whether this replica issues certificates: standalone always; on Kubernetes when asked to
@@ -76,7 +76,7 @@ impl Controller {
             view,
             state_dir,
             generation: 0,
-            last_good: HashMap::new(),
+            last_good: LastGood::default(),
             certs,
             last_loaded: None,
             statuses: Default::default(),
@@ -111,9 +111,9 @@ impl Controller {
         &self.gateway_services
     }
 
-    /// Statuses of the last apply (Kubernetes writes them back).
+    /// Statuses of the last apply, as the API server takes them (Kubernetes writes them back).
     pub fn statuses(&self) -> std::collections::BTreeMap<ResourceRef, serde_json::Value> {
-        self.statuses.clone()
+        self.statuses.iter().filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v))).collect()
     }
 
     /// How long until a certificate must be renewed (the control loop calls [`Controller::renew`] then).
@@ -140,27 +140,30 @@ impl Controller {
     }
 
     /// Translates and applies one load of the provider.
-    pub async fn apply(&mut self, loaded: Loaded) {
-        self.last_loaded = Some(loaded.clone());
-        let mut loaded = loaded;
-        if self.issuing {
-            self.certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now());
-        }
-        let (mut translation, served, kept) = translate_keeping_last_good(&loaded, &self.options, &mut self.last_good);
+    pub async fn apply(&mut self, mut loaded: Loaded) {
+        // Nothing here copies the snapshot: with 10,000 routes a copy costs more than the translation.
+        let displaced = if self.issuing {
+            self.certs.reconcile(&mut loaded.snapshot, std::time::SystemTime::now())
+        } else {
+            Vec::new()
+        };
+        let previous = self.last_loaded.as_ref().map(|l| &l.snapshot);
+        let (mut translation, served, kept) =
+            translate_keeping_last_good(&loaded.snapshot, previous, &self.options, &mut self.last_good);
+        crate::certs::restore(&mut loaded.snapshot, displaced);
         if self.issuing {
             translation.statuses.extend(self.certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
             translation.diagnostics.extend(self.certs.errors().iter().cloned());
         }
-        self.gateway_services = translation.gateway_services.clone();
-        self.statuses = translation
-            .statuses
-            .iter()
-            .filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v)))
-            .collect();
+        let ir = match served {
+            Some(served) => served.ir,
+            None => std::mem::take(&mut translation.ir),
+        };
+        self.gateway_services = std::mem::take(&mut translation.gateway_services);
         self.generation += 1;
         let generation = self.generation;
         let mut listener_errors = Vec::new();
-        match self.proxy.apply(&served.ir, generation).await {
+        match self.proxy.apply(&ir, generation).await {
             Ok(errors) => listener_errors.extend(errors.iter().map(ToString::to_string)),
             Err(error) => listener_errors.push(error.to_string()),
         }
@@ -170,7 +173,7 @@ impl Controller {
         // DNS: the same IR as the proxy, in the same apply.
         let dns = self.view.load().dns.clone();
         if let Some(dns) = &dns {
-            dns.apply(&served.ir);
+            dns.apply(&ir);
         }
         let mut diagnostics: Vec<Diagnostic> = loaded.diagnostics.clone();
         diagnostics.extend(translation.diagnostics.iter().cloned());
@@ -191,54 +194,63 @@ impl Controller {
         if let Some(dir) = &self.state_dir {
             write_status(dir, &status_json);
         }
-        tracing::info!(
-            generation,
-            listeners = served.ir.listeners.len(),
-            pools = served.ir.pools.len(),
-            "configuration applied"
-        );
-        self.view.store(Arc::new(View { generation, ir: Arc::new(served.ir), status_json, ready: true, dns }));
+        tracing::info!(generation, listeners = ir.listeners.len(), pools = ir.pools.len(), "configuration applied");
+        self.statuses = translation.statuses;
+        self.last_loaded = Some(loaded);
+        self.view.store(Arc::new(View { generation, ir: Arc::new(ir), status_json, ready: true, dns }));
     }
 }
 
+/// The last good version of the objects whose current version has errors. Kept without copying snapshots: an
+/// object that translated cleanly in the previous snapshot has that version as its last good one; one that was
+/// broken then too carries the version found before.
+#[derive(Default)]
+pub struct LastGood {
+    broken: HashSet<ResourceRef>,
+    carried: HashMap<ResourceRef, Resource>,
+}
+
 /// Translates, then re-translates with the last good version of every object whose new version has errors.
-/// Returns the translation whose statuses describe the new objects, the one whose IR is served, and the
-/// objects whose old version was kept.
+/// Returns the translation whose statuses describe the new objects, the one whose IR is served when it differs
+/// (`None`: the first one is served), and the objects whose old version was kept.
 pub fn translate_keeping_last_good(
-    loaded: &Loaded,
+    snapshot: &Snapshot,
+    previous: Option<&Snapshot>,
     options: &TranslateOptions,
-    last_good: &mut HashMap<ResourceRef, Resource>,
-) -> (Translation, Translation, Vec<ResourceRef>) {
-    let translation = translate(&loaded.snapshot, options);
-    let broken = translation.resources_with_errors();
-    let mut snapshot = loaded.snapshot.clone();
-    let mut kept = Vec::new();
+    last_good: &mut LastGood,
+) -> (Translation, Option<Translation>, Vec<ResourceRef>) {
+    let translation = translate(snapshot, options);
+    let broken: HashSet<ResourceRef> = translation.resources_with_errors().into_iter().collect();
+    let mut carried = HashMap::new();
     for reference in &broken {
-        if let Some(previous) = last_good.get(reference)
-            && snapshot.get(reference).as_ref() != Some(previous)
-        {
-            snapshot.insert(previous.clone(), loaded.snapshot.sources.get(reference).cloned());
-            kept.push(reference.clone());
+        let good = if last_good.broken.contains(reference) {
+            last_good.carried.remove(reference)
+        } else {
+            previous.and_then(|p| p.get(reference))
+        };
+        if let Some(good) = good {
+            carried.insert(reference.clone(), good);
         }
     }
-    // Remember the objects that translated cleanly; forget deleted ones.
-    last_good.retain(|reference, _| loaded.snapshot.get(reference).is_some());
-    for reference in loaded.snapshot.sources.keys() {
-        if !broken.contains(reference)
-            && let Some(resource) = loaded.snapshot.get(reference)
-        {
-            last_good.insert(reference.clone(), resource);
-        }
-    }
+    last_good.broken = broken;
+    last_good.carried = carried;
+    let mut kept: Vec<ResourceRef> = last_good
+        .carried
+        .iter()
+        .filter(|(reference, good)| snapshot.get(reference).as_ref() != Some(*good))
+        .map(|(reference, _)| reference.clone())
+        .collect();
     if kept.is_empty() {
-        let served = translation.clone();
-        return (translation, served, kept);
+        return (translation, None, kept);
     }
+    kept.sort();
+    let mut served = snapshot.clone();
     for reference in &kept {
         tracing::warn!(resource = %reference, "new version has errors; the last good version stays in force");
+        served.insert(last_good.carried[reference].clone(), snapshot.sources.get(reference).cloned());
     }
-    let served = translate(&snapshot, options);
-    (translation, served, kept)
+    let served = translate(&served, options);
+    (translation, Some(served), kept)
 }
 
 /// Writes the status document atomically (temp file + rename), readable by the owner only.

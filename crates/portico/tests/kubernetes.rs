@@ -439,6 +439,16 @@ async fn acceptance(dir: PathBuf) {
         let route = kube.get("httproutes.gateway.networking.k8s.io", "dev", "extra");
         (condition(&route, "/status/parents/0/conditions", "Accepted").as_deref() == Some("True")).then_some(())
     });
+    // A broken edit (an invalid regular expression): the status says so, the last good version keeps serving.
+    let broken = redirect_route("extra", gateway_name, HTTP_LISTENER, "extra.aclab.uk", "two.example.org")
+        .replace("  - filters:", "  - matches: [{path: {type: RegularExpression, value: \"/([\"}}]\n    filters:");
+    kube.apply(&broken);
+    eventually_sync("the broken route's status", Duration::from_secs(20), || {
+        let route = kube.get("httproutes.gateway.networking.k8s.io", "dev", "extra");
+        (condition(&route, "/status/parents/0/conditions", "Accepted").as_deref() == Some("False")).then_some(())
+    });
+    let answer = http_get(GATEWAY_VIP, "extra.aclab.uk", "/").await.expect("the last good version");
+    assert!(answer.header("location").contains("two.example.org"), "the last good version serves: {answer:?}");
     // A parent entry of another controller survives Portico's writes (a merge patch would replace the list).
     kube.run(
         "kubectl",

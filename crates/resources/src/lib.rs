@@ -559,6 +559,75 @@ impl Snapshot {
             + self.cluster_issuers.len()
     }
 
+    /// Every object's reference, without copying the objects.
+    pub fn references(&self) -> Vec<ResourceRef> {
+        let mut references = Vec::with_capacity(self.len());
+        macro_rules! add {
+            ($($field:ident => $kind:ident),* $(,)?) => {
+                $(references.extend(self.$field.keys().map(|key| ResourceRef { kind: Kind::$kind, key: key.clone() }));)*
+            };
+        }
+        add!(
+            namespaces => Namespace,
+            secrets => Secret,
+            config_maps => ConfigMap,
+            services => Service,
+            endpoint_slices => EndpointSlice,
+            ingress_classes => IngressClass,
+            ingresses => Ingress,
+            gateway_classes => GatewayClass,
+            gateways => Gateway,
+            http_routes => HttpRoute,
+            reference_grants => ReferenceGrant,
+            host_rules => HostRule,
+            http_rules => HttpRule,
+            tls_routes => TlsRoute,
+            grpc_routes => GrpcRoute,
+            backend_tls_policies => BackendTlsPolicy,
+            health_monitors => HealthMonitor,
+            backend_policies => BackendPolicy,
+            certificates => Certificate,
+            issuers => Issuer,
+            cluster_issuers => ClusterIssuer
+        );
+        references
+    }
+
+    /// Whether the snapshot holds the object, without copying it.
+    pub fn contains(&self, reference: &ResourceRef) -> bool {
+        let key = &reference.key;
+        macro_rules! contains {
+            ($($field:ident => $kind:ident),* $(,)?) => {
+                match reference.kind {
+                    $(Kind::$kind => self.$field.contains_key(key),)*
+                }
+            };
+        }
+        contains!(
+            namespaces => Namespace,
+            secrets => Secret,
+            config_maps => ConfigMap,
+            services => Service,
+            endpoint_slices => EndpointSlice,
+            ingress_classes => IngressClass,
+            ingresses => Ingress,
+            gateway_classes => GatewayClass,
+            gateways => Gateway,
+            http_routes => HttpRoute,
+            reference_grants => ReferenceGrant,
+            host_rules => HostRule,
+            http_rules => HttpRule,
+            tls_routes => TlsRoute,
+            grpc_routes => GrpcRoute,
+            backend_tls_policies => BackendTlsPolicy,
+            health_monitors => HealthMonitor,
+            backend_policies => BackendPolicy,
+            certificates => Certificate,
+            issuers => Issuer,
+            cluster_issuers => ClusterIssuer
+        )
+    }
+
     /// Whether the snapshot holds no object.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
