@@ -68,7 +68,7 @@ fn route(request: &Request<Incoming>, view: &View, metrics: &Metrics, proxy: &Pr
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics.render() + &proxy.pool_metrics()),
         "/api/status" => {
             // Per-endpoint health and load live in the proxy; the rest comes from the last translation.
-            let mut status = view.status_json.clone();
+            let mut status = serde_json::to_value(&*view.status).unwrap_or_default();
             status["pools"] = proxy.pool_health();
             if let Some(dns) = &view.dns {
                 status["dns"] = dns.status();

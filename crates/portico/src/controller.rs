@@ -8,10 +8,11 @@ use arc_swap::ArcSwap;
 use portico_ir::Ir;
 use portico_provider::Loaded;
 use portico_proxy::Proxy;
+use portico_resources::status::ResourceStatus;
 use portico_resources::{Diagnostic, Resource, ResourceRef, Severity, Snapshot};
 use portico_translate::{TranslateOptions, Translation, translate};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,7 +21,9 @@ use std::sync::Arc;
 pub struct View {
     pub generation: u64,
     pub ir: Arc<Ir>,
-    pub status_json: serde_json::Value,
+    /// The status document, serialised only when asked for (with 10,000 routes, building it as JSON on every
+    /// change cost as much as the translation).
+    pub status: Arc<StatusDocument>,
     /// At least one configuration has been applied.
     pub ready: bool,
     /// The DNS server and sync (`--config-file`), carried from view to view; fed on every apply.
@@ -28,14 +31,23 @@ pub struct View {
 }
 
 /// The status document (`/api/status`, `state-dir/status.json`).
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct StatusDocument<'a> {
-    generation: u64,
-    statuses: serde_json::Value,
-    diagnostics: Vec<String>,
-    listener_errors: &'a [String],
-    kept_last_good: Vec<String>,
+pub struct StatusDocument {
+    pub generation: u64,
+    #[serde(serialize_with = "by_name")]
+    pub statuses: BTreeMap<ResourceRef, ResourceStatus>,
+    pub diagnostics: Vec<String>,
+    pub listener_errors: Vec<String>,
+    pub kept_last_good: Vec<String>,
+}
+
+/// Statuses keyed by `Kind/namespace/name`.
+fn by_name<S: serde::Serializer>(
+    statuses: &BTreeMap<ResourceRef, ResourceStatus>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(statuses.iter().map(|(reference, status)| (reference.to_string(), status)))
 }
 
 /// Owns the translation state between configuration changes.
@@ -43,15 +55,14 @@ pub struct Controller {
     proxy: Arc<Proxy>,
     options: TranslateOptions,
     view: Arc<ArcSwap<View>>,
-    state_dir: Option<PathBuf>,
     generation: u64,
     last_good: LastGood,
     /// Issues and renews certificates; its Secrets join each snapshot before translation.
     certs: crate::certs::CertManager,
     /// The provider's last load, re-applied when a certificate is due.
     last_loaded: Option<Loaded>,
-    /// Statuses of the last apply, for providers that write them back.
-    statuses: std::collections::BTreeMap<ResourceRef, portico_resources::status::ResourceStatus>,
+    /// Hands each status document to the task that writes `state-dir/status.json`.
+    status_file: Option<tokio::sync::watch::Sender<Option<Arc<StatusDocument>>>>,
     /// The LoadBalancer Services the last translation wants for Gateways.
     gateway_services: Vec<portico_resources::core::Service>,
     /// Whether this replica issues certificates: standalone always; on Kubernetes when asked to
@@ -74,12 +85,11 @@ impl Controller {
             proxy,
             options,
             view,
-            state_dir,
             generation: 0,
             last_good: LastGood::default(),
             certs,
             last_loaded: None,
-            statuses: Default::default(),
+            status_file: state_dir.map(status_file_writer),
             issuing: true,
             gateway_services: Vec::new(),
         }
@@ -112,8 +122,9 @@ impl Controller {
     }
 
     /// Statuses of the last apply, as the API server takes them (Kubernetes writes them back).
-    pub fn statuses(&self) -> std::collections::BTreeMap<ResourceRef, serde_json::Value> {
-        self.statuses.iter().filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v))).collect()
+    pub fn statuses(&self) -> BTreeMap<ResourceRef, serde_json::Value> {
+        let view = self.view.load();
+        view.status.statuses.iter().filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v))).collect()
     }
 
     /// How long until a certificate must be renewed (the control loop calls [`Controller::renew`] then).
@@ -183,21 +194,21 @@ impl Controller {
                 Severity::Warning => tracing::info!("{d}"),
             }
         }
-        let document = StatusDocument {
+        let status = Arc::new(StatusDocument {
             generation,
-            statuses: serde_json::to_value(translation.report().statuses).unwrap_or_default(),
+            statuses: std::mem::take(&mut translation.statuses),
             diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
-            listener_errors: &listener_errors,
+            listener_errors,
             kept_last_good: kept.iter().map(ToString::to_string).collect(),
-        };
-        let status_json = serde_json::to_value(&document).unwrap_or_default();
-        if let Some(dir) = &self.state_dir {
-            write_status(dir, &status_json);
+        });
+        // status.json is written off the control loop, latest first (a writer that falls behind skips).
+        if let Some(writer) = &self.status_file {
+            writer.send_replace(Some(status.clone()));
         }
         tracing::info!(generation, listeners = ir.listeners.len(), pools = ir.pools.len(), "configuration applied");
-        self.statuses = translation.statuses;
         self.last_loaded = Some(loaded);
-        self.view.store(Arc::new(View { generation, ir: Arc::new(ir), status_json, ready: true, dns }));
+        self.view.store(Arc::new(View { generation, ir: Arc::new(ir), status, ready: true, dns }));
+        release_freed_memory();
     }
 }
 
@@ -253,8 +264,33 @@ pub fn translate_keeping_last_good(
     (translation, Some(served), kept)
 }
 
+/// Gives the memory the previous configuration held back to the system. glibc keeps freed memory in its
+/// per-thread arenas; after a large configuration is replaced that is the size of a whole copy of it (with
+/// 10,000 routes, the process stayed at 320 MiB instead of 200).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps to the kernel; it does not touch
+    // allocated memory and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A task that writes the latest status document to `dir/status.json`; it ends with the sender.
+fn status_file_writer(dir: PathBuf) -> tokio::sync::watch::Sender<Option<Arc<StatusDocument>>> {
+    let (sender, mut receiver) = tokio::sync::watch::channel::<Option<Arc<StatusDocument>>>(None);
+    tokio::spawn(async move {
+        while receiver.changed().await.is_ok() {
+            let Some(document) = receiver.borrow_and_update().clone() else { continue };
+            let dir = dir.clone();
+            let _ = tokio::task::spawn_blocking(move || write_status(&dir, &document)).await;
+        }
+    });
+    sender
+}
+
 /// Writes the status document atomically (temp file + rename), readable by the owner only.
-fn write_status(dir: &std::path::Path, status: &serde_json::Value) {
+fn write_status(dir: &std::path::Path, status: &StatusDocument) {
     let result = (|| -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let temp = dir.join(".status.json.tmp");
