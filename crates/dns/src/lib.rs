@@ -13,6 +13,7 @@
 
 mod error;
 mod model;
+mod packet_cache;
 mod plan;
 mod registry;
 mod runner;

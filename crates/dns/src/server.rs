@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ServerError;
 use crate::model::{DesiredRecord, RecordKind, ZoneConfig, fqdn, normalize_name};
+use crate::packet_cache::{self, PacketCache};
 
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,20 +52,41 @@ impl DnsServer {
             zones: zones.into_iter().map(|config| ZoneData { config, serial, content: BTreeMap::new() }).collect(),
         };
         let catalog = build_catalog(&state.zones);
-        let shared = Arc::new(Shared { catalog: ArcSwap::from_pointee(catalog), state: Mutex::new(state) });
+        let cache = Arc::new(PacketCache::default());
+        let shared = Arc::new(Shared {
+            catalog: ArcSwap::from_pointee(catalog),
+            state: Mutex::new(state),
+            cache: cache.clone(),
+        });
 
         let mut server = Server::new(SwappableCatalog(shared.clone()));
         let mut addrs = Vec::new();
+        let mut fast_paths = Vec::new();
         for addr in listen {
             let (udp, tcp) = bind_pair(addr).await?;
             addrs.push(udp.local_addr().map_err(|source| ServerError::Bind { protocol: "UDP", addr, source })?);
-            server.register_socket(udp);
+            // UDP goes through the packet cache; hickory answers its misses on a private loopback socket, and
+            // TCP directly.
+            let loopback: SocketAddr =
+                if addr.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
+            let private = UdpSocket::bind(loopback).await.map_err(|source| ServerError::Bind {
+                protocol: "UDP",
+                addr: loopback,
+                source,
+            })?;
+            let private_addr =
+                private.local_addr().map_err(|source| ServerError::Bind { protocol: "UDP", addr: loopback, source })?;
+            server.register_socket(private);
             server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+            fast_paths.push(tokio::spawn(packet_cache::serve(udp, private_addr, cache.clone())));
         }
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             // Either an explicit shutdown or the handle being dropped.
             let _ = rx.await;
+            for fast_path in fast_paths {
+                fast_path.abort();
+            }
             if let Err(e) = server.shutdown_gracefully().await {
                 tracing::warn!(error = %e, "dns server stopped with an error");
             }
@@ -204,6 +226,7 @@ impl DnsServerHandle {
         }
         if changed {
             self.shared.catalog.store(Arc::new(build_catalog(&state.zones)));
+            self.shared.cache.clear();
             tracing::info!(changed = ?report.changed, "dns zones updated");
         }
         for (record, reason) in &report.rejected {
@@ -265,6 +288,8 @@ impl Drop for DnsServerHandle {
 struct Shared {
     catalog: ArcSwap<Catalog>,
     state: Mutex<ServerState>,
+    /// Finished UDP answers; cleared whenever the catalog changes.
+    cache: Arc<PacketCache>,
 }
 
 struct ServerState {
