@@ -290,7 +290,7 @@ impl StatusWriter {
             self.written.remove(&reference);
             // A deleted object has no status left to clear; a route that left Portico's Gateways keeps the
             // parents other controllers wrote, without ours.
-            if reference.kind.is_route() && snapshot.get(&reference).is_some() {
+            if reference.kind.is_route() && snapshot.contains(&reference) {
                 let cleared = serde_json::json!({ "parents": [] });
                 if let Err(error) = self.patch_status(&reference, cleared).await {
                     errors.push(format!("{reference}: status not cleared: {error}"));

@@ -38,9 +38,19 @@ impl Context<'_> {
         Some(load_balancer_ips(self.snapshot.services.get(&ObjectKey::new(namespace, name))))
     }
 
-    /// The addresses Ingresses are served on and report.
+    /// The addresses Ingresses report.
     pub fn ingress_addresses(&self) -> Vec<IpAddr> {
         self.published_addresses().unwrap_or_else(|| self.options.ingress_addresses.clone())
+    }
+
+    /// The addresses Ingresses are served on: those they report, or, listening on every address (in a pod),
+    /// the wildcard even before the publish Service has an address.
+    pub fn ingress_bind_addresses(&self) -> Vec<IpAddr> {
+        let addresses = self.ingress_addresses();
+        if addresses.is_empty() && self.options.listen_any {
+            return vec![IpAddr::from([0, 0, 0, 0])];
+        }
+        addresses
     }
 }
 

@@ -166,7 +166,7 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
         }
     }
 
-    for ip in cx.ingress_addresses() {
+    for ip in cx.ingress_bind_addresses() {
         for (port, protocol) in [(80u16, Protocol::Http), (443, Protocol::Https)] {
             let wanted: Vec<&(String, Vec<Route>)> =
                 rules.iter().filter(|(host, _)| protocol == Protocol::Http || https_for(host)).collect();
@@ -239,7 +239,7 @@ fn translate_passthrough(cx: &mut Context<'_>, reference: &ResourceRef, spec: &p
             continue;
         };
         let owner = reference.to_string();
-        for ip in cx.ingress_addresses() {
+        for ip in cx.ingress_bind_addresses() {
             match cx.routes.listener(socket(ip, 443), Protocol::Tls, &owner) {
                 Ok(entry) => {
                     entry.tls_routes.entry(host.clone()).or_insert_with(|| TlsRoute {
