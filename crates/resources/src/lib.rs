@@ -428,6 +428,36 @@ impl Resource {
     }
 }
 
+/// Hands `$callback!` the snapshot field and the [`Kind`] variant of every kind, so that code over all kinds
+/// is written once.
+macro_rules! with_kinds {
+    ($callback:ident) => {
+        $callback!(
+            namespaces => Namespace,
+            secrets => Secret,
+            config_maps => ConfigMap,
+            services => Service,
+            endpoint_slices => EndpointSlice,
+            ingress_classes => IngressClass,
+            ingresses => Ingress,
+            gateway_classes => GatewayClass,
+            gateways => Gateway,
+            http_routes => HttpRoute,
+            reference_grants => ReferenceGrant,
+            host_rules => HostRule,
+            http_rules => HttpRule,
+            tls_routes => TlsRoute,
+            grpc_routes => GrpcRoute,
+            backend_tls_policies => BackendTlsPolicy,
+            health_monitors => HealthMonitor,
+            backend_policies => BackendPolicy,
+            certificates => Certificate,
+            issuers => Issuer,
+            cluster_issuers => ClusterIssuer
+        )
+    };
+}
+
 impl Snapshot {
     /// Adds (or replaces) an object, remembering where it came from.
     pub fn insert(&mut self, resource: Resource, source: Option<Source>) {
@@ -536,27 +566,12 @@ impl Snapshot {
 
     /// How many objects the snapshot holds.
     pub fn len(&self) -> usize {
-        self.namespaces.len()
-            + self.secrets.len()
-            + self.config_maps.len()
-            + self.services.len()
-            + self.endpoint_slices.len()
-            + self.ingress_classes.len()
-            + self.ingresses.len()
-            + self.gateway_classes.len()
-            + self.gateways.len()
-            + self.http_routes.len()
-            + self.reference_grants.len()
-            + self.host_rules.len()
-            + self.http_rules.len()
-            + self.tls_routes.len()
-            + self.grpc_routes.len()
-            + self.backend_tls_policies.len()
-            + self.health_monitors.len()
-            + self.backend_policies.len()
-            + self.certificates.len()
-            + self.issuers.len()
-            + self.cluster_issuers.len()
+        macro_rules! count {
+            ($($field:ident => $kind:ident),* $(,)?) => {
+                0 $(+ self.$field.len())*
+            };
+        }
+        with_kinds!(count)
     }
 
     /// Every object's reference, without copying the objects.
@@ -567,29 +582,7 @@ impl Snapshot {
                 $(references.extend(self.$field.keys().map(|key| ResourceRef { kind: Kind::$kind, key: key.clone() }));)*
             };
         }
-        add!(
-            namespaces => Namespace,
-            secrets => Secret,
-            config_maps => ConfigMap,
-            services => Service,
-            endpoint_slices => EndpointSlice,
-            ingress_classes => IngressClass,
-            ingresses => Ingress,
-            gateway_classes => GatewayClass,
-            gateways => Gateway,
-            http_routes => HttpRoute,
-            reference_grants => ReferenceGrant,
-            host_rules => HostRule,
-            http_rules => HttpRule,
-            tls_routes => TlsRoute,
-            grpc_routes => GrpcRoute,
-            backend_tls_policies => BackendTlsPolicy,
-            health_monitors => HealthMonitor,
-            backend_policies => BackendPolicy,
-            certificates => Certificate,
-            issuers => Issuer,
-            cluster_issuers => ClusterIssuer
-        );
+        with_kinds!(add);
         references
     }
 
@@ -603,29 +596,7 @@ impl Snapshot {
                 }
             };
         }
-        contains!(
-            namespaces => Namespace,
-            secrets => Secret,
-            config_maps => ConfigMap,
-            services => Service,
-            endpoint_slices => EndpointSlice,
-            ingress_classes => IngressClass,
-            ingresses => Ingress,
-            gateway_classes => GatewayClass,
-            gateways => Gateway,
-            http_routes => HttpRoute,
-            reference_grants => ReferenceGrant,
-            host_rules => HostRule,
-            http_rules => HttpRule,
-            tls_routes => TlsRoute,
-            grpc_routes => GrpcRoute,
-            backend_tls_policies => BackendTlsPolicy,
-            health_monitors => HealthMonitor,
-            backend_policies => BackendPolicy,
-            certificates => Certificate,
-            issuers => Issuer,
-            cluster_issuers => ClusterIssuer
-        )
+        with_kinds!(contains)
     }
 
     /// Whether the snapshot holds no object.
