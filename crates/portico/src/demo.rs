@@ -55,6 +55,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         admin: args.admin,
         drain_seconds: 5,
         reuse_port: false,
+        pool_request_limit: portico_proxy::DEFAULT_POOL_REQUEST_LIMIT,
         kubernetes: KubernetesArgs::default(),
     };
     let ca = tls.join("root-ca.crt");

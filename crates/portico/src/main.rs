@@ -173,6 +173,9 @@ struct RunArgs {
     /// How long to let open requests finish on SIGTERM.
     #[arg(long, default_value = "10", value_name = "SECONDS")]
     drain_seconds: u64,
+    /// Requests in flight to one pool's backends at most (each holds a backend connection); more wait.
+    #[arg(long, default_value_t = portico_proxy::DEFAULT_POOL_REQUEST_LIMIT, value_name = "N")]
+    pool_request_limit: usize,
     /// Share listening addresses with other processes (SO_REUSEPORT): replicas on one host's network, or a
     /// new binary started before the old one drains.
     #[arg(long)]
@@ -394,6 +397,7 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     let metrics = Arc::new(Metrics::default());
     let proxy = Arc::new(Proxy::new(metrics.clone())?);
     proxy.set_reuse_port(args.reuse_port);
+    proxy.set_pool_request_limit(args.pool_request_limit);
     let view = Arc::new(ArcSwap::from_pointee(controller::View { dns, ..controller::View::default() }));
     let admin = admin::serve(args.admin, view.clone(), metrics.clone(), proxy.clone()).await?;
     tracing::info!(%admin, "admin endpoint");

@@ -1,13 +1,17 @@
 //! Load balancing through a real `portico` process: active health checks take a killed backend out and
 //! bring it back, least connections avoids a busy endpoint, consistent hashing and cookie persistence pin
 //! clients. Settings come from a `BackendPolicy` (portico.dev/v1alpha1) and Gateway API `sessionPersistence`.
+//! Requests beyond a pool's limit wait for a backend connection.
 
 mod common;
 
 use common::{Backends, Portico, http_gateway, request};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One Service over two endpoints (the two test applications), with a BackendPolicy.
 fn pair(backends: &Backends, policy: &str) -> String {
@@ -148,4 +152,64 @@ async fn consistent_hash_and_cookie_persistence_pin_clients() {
             request(vip, "sticky.example", "GET", "/pink", &[("cookie", &cookie)], None).await.expect("request");
         assert_eq!(again.header("x-testapp-instance"), pinned);
     }
+}
+
+/// A backend that answers every request after `delay` and records how many connections it had open at most.
+async fn counting_backend(delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let seen = most.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (open, most) = (open.clone(), most.clone());
+            tokio::spawn(async move {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else { break };
+                    if n == 0 {
+                        break;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    // One answer per complete request head (the requests carry no body).
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buffer.drain(..end + 4);
+                        tokio::time::sleep(delay).await;
+                        if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// `--pool-request-limit`: beyond the limit, requests wait for a backend connection instead of opening one
+/// each (which at 9,000 connections ran the process out of descriptors); none fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_beyond_the_pool_limit_wait_for_a_connection() {
+    let (port, most) = counting_backend(Duration::from_millis(150)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = http_gateway("127.0.0.94", 8080)
+        + &common::service("slow", port)
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: slow, port: 80}]\n";
+    common::write_file(dir.path(), "config.yaml", &config);
+    let _portico = Portico::start(&[dir.path()], 19994, &["--pool-request-limit", "2"]);
+    let vip: SocketAddr = "127.0.0.94:8080".parse().expect("vip");
+    let requests: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { request(vip, "slow.example", "GET", "/", &[], None).await }))
+        .collect();
+    for handle in requests {
+        let answer = handle.await.expect("task").expect("request");
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "the backend saw {most} connections at once; the limit is 2");
 }

@@ -188,6 +188,10 @@ pub struct CompiledPool {
     pub client: crate::upstream::HttpClient,
     /// `https` when re-encrypting, else `http`.
     pub scheme: &'static str,
+    /// Bounds the requests in flight to the pool's backends, hence their connections (each holds a connection
+    /// until its response body is done): beyond it requests wait, instead of opening connections until the
+    /// process runs out of descriptors.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl CompiledPool {
@@ -202,6 +206,8 @@ impl CompiledPool {
 pub struct SharedClients {
     pub http1: crate::upstream::HttpClient,
     pub h2c: crate::upstream::HttpClient,
+    /// Requests in flight per pool at most (see [`CompiledPool::in_flight`]).
+    pub pool_request_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl Compiled {
@@ -231,6 +237,9 @@ impl Compiled {
                     },
                     client,
                     scheme,
+                    in_flight: Arc::new(tokio::sync::Semaphore::new(
+                        shared.pool_request_limit.load(std::sync::atomic::Ordering::Relaxed),
+                    )),
                 }),
             );
         }

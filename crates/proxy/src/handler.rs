@@ -472,6 +472,10 @@ async fn forward(
         let Ok(upstream_request) = builder.body(attempt_body) else {
             return local(StatusCode::BAD_REQUEST, "bad request\n");
         };
+        // Waits when the pool has its limit of requests in flight; held until the response body is done.
+        let Ok(permit) = pool.in_flight.clone().acquire_owned().await else {
+            return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "pool closed");
+        };
         let sending = pool.client.request(upstream_request);
         let result = match route.timeouts.backend_request_ms {
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sending).await {
@@ -489,7 +493,7 @@ async fn forward(
                     last_status = Some(status);
                     continue;
                 }
-                return finish(pool, response, downstream_upgrade, pick, scheme);
+                return finish(pool, response, downstream_upgrade, (pick, permit), scheme);
             }
             Err(failure) => {
                 let kind = failure.kind();
@@ -546,7 +550,7 @@ fn finish(
     pool: &CompiledPool,
     mut response: Response<Incoming>,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    pick: Pick,
+    (pick, permit): (Pick, tokio::sync::OwnedSemaphorePermit),
     scheme: &str,
 ) -> Response<ProxyBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -576,7 +580,7 @@ fn finish(
         }
     }
     let body = body.map_frame(move |frame| {
-        let _busy = &guard;
+        let _busy = (&guard, &permit);
         frame
     });
     Response::from_parts(parts, body.boxed())

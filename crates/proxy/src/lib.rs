@@ -35,6 +35,11 @@ pub enum ProxyError {
     Tls { address: SocketAddr, source: rustls::Error },
 }
 
+/// Requests in flight per pool at most, by default: far above what one pool's backends usually take, and with
+/// the client's connections well under the usual hard limit of open files (nginx's `max_conns` is unlimited by
+/// default; a proxy that opens one backend connection per waiting request runs out of descriptors first).
+pub const DEFAULT_POOL_REQUEST_LIMIT: usize = 4096;
+
 /// Answers an ACME HTTP-01 challenge path with its key authorization, or `None`.
 pub type ChallengeResponder = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -68,6 +73,7 @@ impl Proxy {
                 clients: compile::SharedClients {
                     http1: upstream::plain_client(false)?,
                     h2c: upstream::plain_client(true)?,
+                    pool_request_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_POOL_REQUEST_LIMIT),
                 },
                 graceful: Mutex::new(Some(GracefulShutdown::new())),
                 pools: portico_balance::PoolRegistry::new(),
@@ -76,6 +82,12 @@ impl Proxy {
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             reuse_port: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Sets how many requests may be in flight to one pool's backends at once (each holds a backend connection);
+    /// more wait for one to finish. Takes effect at the next [`Proxy::apply`].
+    pub fn set_pool_request_limit(&self, limit: usize) {
+        self.shared.clients.pool_request_limit.store(limit.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Opens listening sockets with SO_REUSEPORT from now on: several processes on one host (replicas on
