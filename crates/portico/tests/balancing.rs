@@ -169,8 +169,7 @@ async fn counting_backend(delay: Duration) -> (u16, Arc<AtomicUsize>) {
                 most.fetch_max(now, Ordering::SeqCst);
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else { break };
+                while let Ok(n) = stream.read(&mut chunk).await {
                     if n == 0 {
                         break;
                     }
