@@ -20,8 +20,11 @@ use tokio::net::UdpSocket;
 
 /// Answers kept at most (a flood of random names must not grow the map without bound).
 const CAPACITY: usize = 65_536;
-/// The largest UDP query taken (a question with EDNS fits in far less).
-const MAX_QUERY: usize = 512;
+/// The largest UDP query read whole (hickory's own limit); a question with EDNS fits in far less.
+const MAX_QUERY: usize = 4096;
+/// Queries relayed to hickory at once at most; beyond, a query is dropped (the client retries), so that a flood
+/// of names never asked before cannot take every file descriptor.
+const MAX_RELAYS: usize = 1024;
 /// How long a relayed query may wait for hickory.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest answer relayed back (hickory truncates UDP answers to the client's EDNS size).
@@ -138,6 +141,7 @@ fn cache_key(query: &[u8], key: &mut Vec<u8>) -> Option<usize> {
 /// Serves `public` from the cache, relaying misses to hickory at `hickory`, until the task is aborted.
 pub async fn serve(public: UdpSocket, hickory: SocketAddr, cache: Arc<PacketCache>) {
     let public = Arc::new(public);
+    let relays = Arc::new(tokio::sync::Semaphore::new(MAX_RELAYS));
     let mut query = vec![0u8; MAX_QUERY];
     let mut key = Vec::with_capacity(300);
     let mut answer = Vec::with_capacity(512);
@@ -158,6 +162,11 @@ pub async fn serve(public: UdpSocket, hickory: SocketAddr, cache: Arc<PacketCach
             let _ = public.send_to(&answer, client).await;
             continue;
         }
+        let query_copy = query.to_vec();
+        let Ok(permit) = relays.clone().try_acquire_owned() else {
+            tracing::debug!(%client, "dns: too many queries in flight to the zone handler; dropped");
+            continue;
+        };
         let relay = Relay {
             public: public.clone(),
             hickory,
@@ -165,7 +174,10 @@ pub async fn serve(public: UdpSocket, hickory: SocketAddr, cache: Arc<PacketCach
             generation: cache.generation.load(Ordering::SeqCst),
             cacheable: question_end.map(|end| (std::mem::take(&mut key), end)),
         };
-        tokio::spawn(relay.run(query.to_vec(), client));
+        tokio::spawn(async move {
+            relay.run(query_copy, client).await;
+            drop(permit);
+        });
     }
 }
 
@@ -183,7 +195,8 @@ impl Relay {
         let local: SocketAddr =
             if self.hickory.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
         let Ok(socket) = UdpSocket::bind(local).await else { return };
-        if socket.send_to(&query, self.hickory).await.is_err() {
+        // Connected: only hickory's answers are read (no other local process can slip one into the cache).
+        if socket.connect(self.hickory).await.is_err() || socket.send(&query).await.is_err() {
             return;
         }
         let mut response = vec![0u8; MAX_ANSWER];

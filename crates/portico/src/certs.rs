@@ -266,8 +266,11 @@ impl CertManager {
         };
         // Then what the Secret holds already: on Kubernetes another replica (the previous leader) or an
         // earlier run may have issued it; re-issuing at every failover would churn certificates.
-        let held = held.or_else(|| issued_in_secret(snapshot, &key.namespace, &spec.secret_name, &request));
-        if let Some(issued) = held.filter(|i| i.issued_by(ca) && i.renewal_time > now) {
+        let usable = |issued: &Issued| issued.issued_by(ca) && issued.renewal_time > now;
+        let held = held
+            .filter(usable)
+            .or_else(|| issued_in_secret(snapshot, &key.namespace, &spec.secret_name, &request).filter(usable));
+        if let Some(issued) = held {
             self.issued.insert(key.clone(), (spec.secret_name.clone(), issued.clone(), spec.issuer_ref.clone()));
             return Ok(issued);
         }

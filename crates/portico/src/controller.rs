@@ -166,11 +166,13 @@ impl Controller {
             translation.statuses.extend(self.certs.statuses().iter().map(|(k, v)| (k.clone(), v.clone())));
             translation.diagnostics.extend(self.certs.errors().iter().cloned());
         }
-        let ir = match served {
-            Some(served) => served.ir,
-            None => std::mem::take(&mut translation.ir),
+        // What is served, and the Services it needs, come from the same translation (the last good version of
+        // a broken Gateway keeps its Service as it was).
+        let (gateway_services, ir) = match served {
+            Some(served) => (served.gateway_services, served.ir),
+            None => (std::mem::take(&mut translation.gateway_services), std::mem::take(&mut translation.ir)),
         };
-        self.gateway_services = std::mem::take(&mut translation.gateway_services);
+        self.gateway_services = gateway_services;
         self.generation += 1;
         let generation = self.generation;
         let mut listener_errors = Vec::new();

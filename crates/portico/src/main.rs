@@ -409,10 +409,11 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     let (mut updates, mut status_writer, mut leading) = if args.source.kubernetes {
         let provider =
             portico_provider::kubernetes::KubernetesProvider::connect(args.source.kubeconfig.as_deref()).await?;
-        let writer = provider.status_writer(&options.gateway_controller);
+        let mut writer = provider.status_writer(&options.gateway_controller);
         let leading = if args.kubernetes.leader_elect {
             let started = portico_provider::lease::LeaderElector::start(provider.client(), args.kubernetes.lease());
             let leading = started.subscribe();
+            writer.follow_leadership(leading.clone());
             elector = Some(started);
             leading
         } else {

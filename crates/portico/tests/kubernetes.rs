@@ -506,10 +506,28 @@ async fn acceptance(dir: PathBuf) {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: managed, namespace: dev}\nspec:\n  gatewayClassName: avi-lb\n  listeners: [{name: web, port: 8080, protocol: HTTP}]\n",
     );
     kube.apply(&redirect_route("on-managed", "managed", "web", "managed.aclab.uk", "five.example.org"));
+    let managed_service = |kube: &Kube| -> serde_json::Value {
+        let args = [
+            "--request-timeout=20s",
+            "get",
+            "services",
+            "-n",
+            "portico-system",
+            "-l",
+            "portico.dev/gateway-name=managed",
+            "-o",
+            "json",
+        ];
+        let list: serde_json::Value =
+            serde_json::from_str(&kube.run("kubectl", &args, None).unwrap_or_default()).unwrap_or_default();
+        list.pointer("/items/0").cloned().unwrap_or(serde_json::Value::Null)
+    };
     let service = eventually_sync("the Gateway's LoadBalancer Service", Duration::from_secs(20), || {
-        let service = kube.get("services", "portico-system", "portico-dev-managed");
+        let service = managed_service(&kube);
         (!service.is_null()).then_some(service)
     });
+    let service_name = service.pointer("/metadata/name").and_then(|v| v.as_str()).expect("name").to_string();
+    assert!(service_name.starts_with("portico-dev-managed-"), "{service_name}");
     assert_eq!(service.pointer("/spec/type").and_then(|v| v.as_str()), Some("LoadBalancer"), "{service}");
     assert_eq!(service.pointer("/spec/ports/0/port").and_then(|v| v.as_i64()), Some(8080), "{service}");
     assert_eq!(service.pointer("/spec/selector/app.kubernetes.io~1name").and_then(|v| v.as_str()), Some("portico"));
@@ -519,7 +537,7 @@ async fn acceptance(dir: PathBuf) {
         Some("False"),
         "no address yet: {gateway}"
     );
-    give_load_balancer_address(&kube, "portico-system", "portico-dev-managed", "127.0.0.20");
+    give_load_balancer_address(&kube, "portico-system", &service_name, "127.0.0.20");
     eventually("the managed Gateway on its load-balancer address", Duration::from_secs(10), async || {
         request(vip("127.0.0.20", 8080), "managed.aclab.uk", "GET", "/", &[], None)
             .await
@@ -535,7 +553,7 @@ async fn acceptance(dir: PathBuf) {
     });
     kube.kubectl(&["delete", "gateway", "managed", "-n", "dev"]);
     eventually_sync("the Service of the deleted Gateway is deleted", Duration::from_secs(20), || {
-        kube.get("services", "portico-system", "portico-dev-managed").is_null().then_some(())
+        kube.get("services", "portico-system", &service_name).is_null().then_some(())
     });
 
     // --- the API server stopped for 30 s ------------------------------------------------------------------------

@@ -83,6 +83,7 @@ impl KubernetesProvider {
             client: self.client.clone(),
             written: HashMap::new(),
             controller_name: controller_name.to_string(),
+            leading: None,
         }
     }
 
@@ -252,9 +253,21 @@ pub struct StatusWriter {
     client: kube::Client,
     written: HashMap<ResourceRef, serde_json::Value>,
     controller_name: String,
+    /// Whether this replica still leads: checked before every write, so that one deposed in the middle of a
+    /// long run of writes stops at once.
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl StatusWriter {
+    /// Writes only while `leading` says this replica leads.
+    pub fn follow_leadership(&mut self, leading: tokio::sync::watch::Receiver<bool>) {
+        self.leading = Some(leading);
+    }
+
+    fn deposed(&self) -> bool {
+        self.leading.as_ref().is_some_and(|leading| !*leading.borrow())
+    }
+
     /// Forgets what was written, so that the next [`StatusWriter::write`] writes every status: a new leader
     /// cannot know what the previous one left.
     pub fn reset(&mut self) {
@@ -273,6 +286,10 @@ impl StatusWriter {
         for (reference, status) in statuses {
             if self.written.get(reference) == Some(status) {
                 continue;
+            }
+            if self.deposed() {
+                errors.push("no longer the leader: status writes stopped".to_string());
+                return errors;
             }
             let generation = snapshot.get(reference).and_then(|r| r.metadata().generation);
             let mut body = status.clone();
@@ -344,6 +361,10 @@ impl StatusWriter {
     pub async fn write_secrets(&self, secrets: &[Secret], current: &Snapshot) -> Vec<String> {
         let mut errors = Vec::new();
         for secret in secrets {
+            if self.deposed() {
+                errors.push("no longer the leader: Secret writes stopped".to_string());
+                return errors;
+            }
             let (Some(namespace), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else { continue };
             let key = portico_resources::ObjectKey { namespace: namespace.clone(), name: name.clone() };
             let existing = current.secrets.get(&key);
@@ -397,12 +418,21 @@ impl StatusWriter {
         let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
         let mut wanted_names = std::collections::BTreeSet::new();
         for service in wanted {
+            if self.deposed() {
+                errors.push("no longer the leader: Service writes stopped".to_string());
+                return errors;
+            }
             let Some(name) = service.metadata.name.clone() else { continue };
             wanted_names.insert(name.clone());
             let key = portico_resources::ObjectKey { namespace: namespace.to_string(), name: name.clone() };
             let result = match current.services.get(&key) {
                 None => api.create(&params, service).await.map(|_| "created"),
                 Some(existing) if same_service(existing, service) => continue,
+                // Someone else's Service by that name: never taken over.
+                Some(existing) if !managed_by_portico(existing) => {
+                    errors.push(format!("Service/{key}: exists and is not Portico's; the Gateway gets no Service"));
+                    continue;
+                }
                 Some(_) => match api.get_opt(&name).await {
                     // Keep what the API server and others set (clusterIP, nodePorts, annotations, status).
                     Ok(Some(mut found)) => {
@@ -430,14 +460,12 @@ impl StatusWriter {
             }
         }
         let ours = current.services.iter().filter(|(key, service)| {
-            key.namespace == namespace
-                && !wanted_names.contains(&key.name)
-                && service.metadata.labels.as_ref().is_some_and(|l| {
-                    l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::PORTICO)
-                        && l.contains_key(labels::GATEWAY_NAME)
-                })
+            key.namespace == namespace && !wanted_names.contains(&key.name) && managed_by_portico(service)
         });
         for (key, _) in ours {
+            if self.deposed() {
+                return errors;
+            }
             match api.delete(&key.name, &Default::default()).await {
                 Ok(_) => tracing::info!(service = %key, "Gateway Service deleted: no Gateway wants it"),
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -446,6 +474,13 @@ impl StatusWriter {
         }
         errors
     }
+}
+
+/// Whether Portico made this Service for a Gateway (the only ones it updates or deletes).
+fn managed_by_portico(service: &Service) -> bool {
+    service.metadata.labels.as_ref().is_some_and(|l| {
+        l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::PORTICO) && l.contains_key(labels::GATEWAY_NAME)
+    })
 }
 
 /// Whether the API server's Service already has what Portico wants (fields the API server fills in aside).

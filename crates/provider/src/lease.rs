@@ -86,21 +86,36 @@ async fn campaign(
 ) {
     let mut observed: Option<Observed> = None;
     let mut last_renewal: Option<Instant> = None;
+    let mut last_error = None;
     loop {
-        let now = Instant::now();
-        // Bounded, so that a hung connection cannot keep a leader past its deadline.
-        let attempt =
-            tokio::time::timeout(config.renew_deadline() / 2, try_acquire_or_renew(&api, &config, &mut observed));
+        let started = Instant::now();
+        let leading = *leader.borrow();
+        // A leader must have stepped down by its deadline (last renewal + renew_deadline, well before anyone
+        // may take over): no attempt may run past it.
+        let deadline = last_renewal.map(|at| at + config.renew_deadline()).filter(|_| leading);
+        let budget = deadline.map_or(config.renew_deadline() / 2, |d| {
+            d.saturating_duration_since(started).min(config.renew_deadline() / 2)
+        });
+        let attempt = tokio::time::timeout(budget, try_acquire_or_renew(&api, &config, &mut observed));
         let leads = match attempt.await.unwrap_or_else(|_| Err("timed out".to_string())) {
             Ok(true) => {
-                last_renewal = Some(now);
+                // The renewal counts from when it was sent: the API server's renewTime is no earlier.
+                last_renewal = Some(started);
+                last_error = None;
                 true
             }
-            Ok(false) => false,
+            Ok(false) => {
+                last_error = None;
+                false
+            }
             // A leader keeps leading through short API hiccups, up to the renew deadline.
             Err(error) => {
-                tracing::debug!(%error, lease = %config.name, "lease not read or written");
-                *leader.borrow() && last_renewal.is_some_and(|at| now - at < config.renew_deadline())
+                // Said once per distinct error: a missing Role or namespace must show, but not every retry.
+                if last_error.as_ref() != Some(&error) {
+                    tracing::warn!(%error, lease = %config.name, namespace = %config.namespace, "lease not read or written");
+                    last_error = Some(error);
+                }
+                leading && deadline.is_some_and(|d| Instant::now() < d)
             }
         };
         if leads != *leader.borrow() {
@@ -111,8 +126,13 @@ async fn campaign(
             }
             leader.send_replace(leads);
         }
+        // A leader wakes by its deadline at the latest, to step down if it could not renew.
+        let mut pause = config.retry_period();
+        if let Some(deadline) = last_renewal.map(|at| at + config.renew_deadline()).filter(|_| leads) {
+            pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
-            () = tokio::time::sleep(config.retry_period()) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = &mut stop => break,
         }
     }

@@ -82,19 +82,32 @@ pub fn assign_pool(pool: &[IpAddr], gateways: &[(&ObjectKey, &Gateway)]) -> BTre
     assigned
 }
 
-/// The name of the Service Portico manages for Gateway `key`: `portico-NAMESPACE-NAME`, shortened with a
-/// hash when that would not fit a DNS label.
-pub fn gateway_service_name(key: &ObjectKey) -> String {
-    let base = format!("portico-{}-{}", key.namespace, key.name).replace('.', "-");
-    if base.len() <= 63 {
-        return base;
-    }
-    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+/// FNV-1a of `namespace/name`: stable across versions and platforms, unlike std's hasher.
+fn short_hash(key: &ObjectKey) -> String {
     let hash = key
         .to_string()
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    format!("{}-{:08x}", base[..54].trim_end_matches('-'), hash as u32)
+    format!("{:08x}", hash as u32)
+}
+
+/// The name of the Service Portico manages for Gateway `key`: `portico-NAMESPACE-NAME-HASH`, cut to fit a DNS
+/// label. The hash of `namespace/name` keeps Gateways apart whose names read the same once joined (`team-a`/`web`
+/// and `team`/`a-web`) or cut.
+pub fn gateway_service_name(key: &ObjectKey) -> String {
+    let mut base = format!("portico-{}-{}", key.namespace, key.name).replace('.', "-");
+    let mut cut = base.len().min(63 - 9);
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    base.truncate(cut);
+    format!("{}-{}", base.trim_end_matches('-'), short_hash(key))
+}
+
+/// A label value naming `value` (at most 63 characters: longer names become their hash; the annotation keeps
+/// them whole).
+fn label_value(value: &str, key: &ObjectKey) -> String {
+    if value.len() <= 63 { value.to_string() } else { short_hash(key) }
 }
 
 /// Resolves the address of a Gateway that requests none.
@@ -144,14 +157,16 @@ fn managed_service(cx: &Context<'_>, key: &ObjectKey, gateway: &Gateway, namespa
         gateway.spec.listeners.iter().map(|l| l.port).filter(|p| (1..=65535).contains(p)).collect();
     let labels = BTreeMap::from([
         (labels::MANAGED_BY.to_string(), labels::PORTICO.to_string()),
-        (labels::GATEWAY_NAMESPACE.to_string(), key.namespace.clone()),
-        (labels::GATEWAY_NAME.to_string(), key.name.clone()),
+        (labels::GATEWAY_NAMESPACE.to_string(), label_value(&key.namespace, key)),
+        (labels::GATEWAY_NAME.to_string(), label_value(&key.name, key)),
     ]);
+    let annotations = BTreeMap::from([(labels::GATEWAY_NAME.to_string(), key.to_string())]);
     Service {
         metadata: ObjectMeta {
             name: Some(gateway_service_name(key)),
             namespace: Some(namespace.to_string()),
             labels: Some(labels),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         },
         spec: Some(ServiceSpec {
