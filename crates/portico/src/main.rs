@@ -403,6 +403,10 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     tracing::info!(%admin, "admin endpoint");
     let options = config_file.translate_options(args.source.translate.options());
     let gateway_services_namespace = options.gateway_services_namespace.clone();
+    if gateway_services_namespace.is_some() && options.gateway_service_selector.is_empty() {
+        // A Service without a selector has no endpoints: the Gateway would get an address that leads nowhere.
+        anyhow::bail!("--gateway-services-namespace needs --gateway-service-selector (the labels of Portico's pods)");
+    }
     // Standalone, this process does everything; on Kubernetes, status, certificates and DNS sync are the
     // leader's (every replica serves traffic), and issuing is opt-in so as not to fight cert-manager.
     let mut elector = None;
