@@ -486,7 +486,7 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
             }
             if let Some(namespace) = &gateway_services_namespace {
                 let services = controller.gateway_services();
-                for error in writer.sync_gateway_services(services, &loaded.snapshot, namespace).await {
+                for error in writer.sync_gateway_services(services, loaded, namespace).await {
                     tracing::warn!(%error);
                 }
             }

@@ -138,7 +138,9 @@ impl KubernetesProvider {
                 if synced.len() < kinds.len() && tokio::time::Instant::now() < deadline {
                     continue;
                 }
-                if tx.send(Ok(snapshot(&objects))).await.is_err() {
+                let mut loaded = snapshot(&objects);
+                loaded.partial = !(synced.contains(&Kind::Gateway) && synced.contains(&Kind::Service));
+                if tx.send(Ok(loaded)).await.is_err() {
                     return;
                 }
             }
@@ -412,7 +414,8 @@ impl StatusWriter {
     /// made that no Gateway wants any more (only Services labelled as Portico's, in `namespace`). The
     /// Services' status (the address the LB provider gives) is the provider's; Portico reads it back through
     /// the watch.
-    pub async fn sync_gateway_services(&self, wanted: &[Service], current: &Snapshot, namespace: &str) -> Vec<String> {
+    pub async fn sync_gateway_services(&self, wanted: &[Service], current: &Loaded, namespace: &str) -> Vec<String> {
+        let (partial, current) = (current.partial, &current.snapshot);
         let mut errors = Vec::new();
         let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
         let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
@@ -459,7 +462,8 @@ impl StatusWriter {
                 Err(error) => errors.push(format!("Service/{key}: not written: {error}")),
             }
         }
-        let ours = current.services.iter().filter(|(key, service)| {
+        // A partial view (Gateways or Services not listed yet) deletes nothing: what it lacks may exist.
+        let ours = current.services.iter().filter(|_| !partial).filter(|(key, service)| {
             key.namespace == namespace && !wanted_names.contains(&key.name) && managed_by_portico(service)
         });
         for (key, _) in ours {

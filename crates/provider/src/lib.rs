@@ -23,6 +23,9 @@ pub struct Loaded {
     pub files: usize,
     /// Documents of kinds Portico does not read (`apiVersion kind`), with how many of each.
     pub ignored: BTreeMap<String, usize>,
+    /// Gateways and Services have not been listed yet (an API server slow to answer at start): what is missing
+    /// may exist, so nothing is deleted for its absence.
+    pub partial: bool,
 }
 
 impl Loaded {
