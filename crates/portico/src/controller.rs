@@ -159,6 +159,7 @@ impl Controller {
             Vec::new()
         };
         let previous = self.last_loaded.as_ref().map(|l| &l.snapshot);
+        let started = std::time::Instant::now();
         let (mut translation, served, kept) =
             translate_keeping_last_good(&loaded.snapshot, previous, &self.options, &mut self.last_good);
         crate::certs::restore(&mut loaded.snapshot, displaced);
@@ -176,10 +177,12 @@ impl Controller {
         self.generation += 1;
         let generation = self.generation;
         let mut listener_errors = Vec::new();
+        let translated = started.elapsed();
         match self.proxy.apply(&ir, generation).await {
             Ok(errors) => listener_errors.extend(errors.iter().map(ToString::to_string)),
             Err(error) => listener_errors.push(error.to_string()),
         }
+        tracing::debug!(?translated, serving = ?started.elapsed(), "translated and swapped in");
         for error in &listener_errors {
             tracing::error!(%error, "listener not serving");
         }

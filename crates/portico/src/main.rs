@@ -384,7 +384,7 @@ fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
 
 /// How long a burst of changes may last before it is applied: long enough for a deploy tool's write and rename
 /// (or a watch event burst) to arrive together, short against the update-to-serving budget (issue 7: 200 ms).
-const WATCH_DEBOUNCE: Duration = Duration::from_millis(40);
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
 async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
