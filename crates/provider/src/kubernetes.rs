@@ -331,9 +331,19 @@ impl StatusWriter {
 
     /// Merge-patches `status`. A merge patch replaces arrays whole, so for routes the parents that other
     /// controllers wrote (another `controllerName`) are read first and kept.
-    async fn patch_status(&self, reference: &ResourceRef, mut status: serde_json::Value) -> Result<(), kube::Error> {
+    async fn patch_status(&self, reference: &ResourceRef, status: serde_json::Value) -> Result<(), kube::Error> {
         let Some(api) = self.api(reference) else { return Ok(()) };
-        if let Some(ours) = status.get("parents").and_then(|p| p.as_array()).cloned() {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+        let Some(ours) = status.get("parents").and_then(|p| p.as_array()).cloned() else {
+            let patch = serde_json::json!({ "status": status });
+            api.patch_status(&reference.key.name, &params, &Patch::Merge(&patch)).await?;
+            return Ok(());
+        };
+        // Read, merge, write conditionally on the resourceVersion read: another controller's write in between
+        // makes the API server refuse (409), and the merge is done again on what it wrote.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let current = api.get_status(&reference.key.name).await?;
             let mut parents: Vec<serde_json::Value> = current
                 .data
@@ -349,13 +359,18 @@ impl StatusWriter {
                         .collect()
                 })
                 .unwrap_or_default();
-            parents.extend(ours);
+            parents.extend(ours.iter().cloned());
+            let mut status = status.clone();
             status["parents"] = serde_json::Value::Array(parents);
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": current.metadata.resource_version },
+                "status": status,
+            });
+            match api.patch_status(&reference.key.name, &params, &Patch::Merge(&patch)).await {
+                Err(kube::Error::Api(response)) if response.code == 409 && attempt < 5 => continue,
+                result => return result.map(|_| ()),
+            }
         }
-        let patch = serde_json::json!({ "status": status });
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
-        api.patch_status(&reference.key.name, &params, &Patch::Merge(&patch)).await?;
-        Ok(())
     }
 
     /// Creates or updates the Secrets of certificates Portico issued, when their content differs from what
