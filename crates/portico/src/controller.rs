@@ -121,10 +121,9 @@ impl Controller {
         &self.gateway_services
     }
 
-    /// Statuses of the last apply, as the API server takes them (Kubernetes writes them back).
-    pub fn statuses(&self) -> BTreeMap<ResourceRef, serde_json::Value> {
-        let view = self.view.load();
-        view.status.statuses.iter().filter_map(|(k, v)| serde_json::to_value(v).ok().map(|v| (k.clone(), v))).collect()
+    /// The status document of the last apply (Kubernetes writes its statuses back).
+    pub fn status(&self) -> Arc<StatusDocument> {
+        self.view.load().status.clone()
     }
 
     /// How long until a certificate must be renewed (the control loop calls [`Controller::renew`] then).

@@ -478,7 +478,7 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
         if let (Some(writer), true) = (status_writer.as_mut(), *leading.borrow())
             && let Some(loaded) = controller.last_loaded()
         {
-            for error in writer.write(&controller.statuses(), &loaded.snapshot).await {
+            for error in writer.write(&controller.status().statuses, &loaded.snapshot).await {
                 tracing::warn!(%error);
             }
             for error in writer.write_secrets(&controller.issued_secrets(), &loaded.snapshot).await {

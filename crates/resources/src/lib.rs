@@ -574,18 +574,6 @@ impl Snapshot {
         with_kinds!(count)
     }
 
-    /// Every object's reference, without copying the objects.
-    pub fn references(&self) -> Vec<ResourceRef> {
-        let mut references = Vec::with_capacity(self.len());
-        macro_rules! add {
-            ($($field:ident => $kind:ident),* $(,)?) => {
-                $(references.extend(self.$field.keys().map(|key| ResourceRef { kind: Kind::$kind, key: key.clone() }));)*
-            };
-        }
-        with_kinds!(add);
-        references
-    }
-
     /// Whether the snapshot holds the object, without copying it.
     pub fn contains(&self, reference: &ResourceRef) -> bool {
         let key = &reference.key;
