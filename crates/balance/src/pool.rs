@@ -252,7 +252,7 @@ pub(crate) struct Snapshot {
     total_weight: u64,
     equal_weights: bool,
     by_id: HashMap<u64, usize>,
-    by_address: HashMap<SocketAddr, usize>,
+    by_address: HashMap<SocketAddr, usize, foldhash::fast::RandomState>,
     algorithm: CompiledAlgorithm,
     persistence: Option<CompiledPersistence>,
     pub(crate) probe: Option<Arc<Probe>>,
@@ -261,7 +261,8 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     fn build(pool: &str, endpoints: Vec<(SocketAddr, u32)>, config: BalanceConfig, old: Option<&Snapshot>) -> Self {
         // Merge duplicates (two backends naming one address), keeping the first position.
-        let mut by_address: HashMap<SocketAddr, usize> = HashMap::with_capacity(endpoints.len());
+        let mut by_address: HashMap<SocketAddr, usize, _> =
+            HashMap::with_capacity_and_hasher(endpoints.len(), foldhash::fast::RandomState::default());
         let mut merged: Vec<(SocketAddr, u32)> = Vec::with_capacity(endpoints.len());
         for (address, weight) in endpoints {
             match by_address.get(&address) {

@@ -2,6 +2,7 @@
 //! load-balancing state and upstream TLS settings. Built off the request path, then swapped in whole.
 
 use crate::ProxyError;
+use crate::metrics::{CounterSlot, Histogram, RouteCounter};
 use portico_ir::{Action, Filter, Ir, PathMatch, Protocol, Redirect, StringMatch};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 /// Everything the request path needs, for one configuration generation.
 pub struct Compiled {
-    pub listeners: HashMap<SocketAddr, CompiledListener>,
+    pub listeners: HashMap<SocketAddr, CompiledListener, foldhash::fast::RandomState>,
 }
 
 /// One listening socket's routing table.
@@ -21,6 +22,10 @@ pub struct CompiledListener {
     pub certificates: Vec<(Option<String>, Arc<CertifiedKey>)>,
     /// TLS routes by server name, most specific first.
     pub tls_routes: Vec<CompiledTlsRoute>,
+    /// The listener's latency histogram, once found.
+    pub latency: CounterSlot<Histogram>,
+    /// The counter of requests that matched no route, once found.
+    pub unrouted: CounterSlot<RouteCounter>,
 }
 
 impl CompiledListener {
@@ -167,6 +172,8 @@ pub struct CompiledRoute {
     /// Pools that get a copy of each request, with the share in millionths.
     pub mirrors: Vec<(Arc<CompiledPool>, u32)>,
     pub cors: Option<portico_ir::Cors>,
+    /// The route's request counter, once found.
+    pub counter: CounterSlot<RouteCounter>,
 }
 
 /// What to do with a matched request.
@@ -185,9 +192,7 @@ pub struct CompiledPool {
     pub name: Arc<str>,
     pub state: Arc<portico_balance::PoolState>,
     /// The client for this pool's protocol (shared for plain pools, so connections outlive swaps).
-    pub client: crate::upstream::HttpClient,
-    /// `https` when re-encrypting, else `http`.
-    pub scheme: &'static str,
+    pub client: crate::upstream::Upstream,
     /// Bounds the requests in flight to the pool's backends, hence their connections (each holds a connection
     /// until its response body is done): beyond it requests wait, instead of opening connections until the
     /// process runs out of descriptors.
@@ -204,8 +209,8 @@ impl CompiledPool {
 
 /// Clients shared by every plain-text pool, kept across configuration swaps.
 pub struct SharedClients {
-    pub http1: crate::upstream::HttpClient,
-    pub h2c: crate::upstream::HttpClient,
+    pub http1: crate::upstream::Upstream,
+    pub h2c: crate::upstream::Upstream,
     /// Requests in flight per pool at most (see [`CompiledPool::in_flight`]).
     pub pool_request_limit: std::sync::atomic::AtomicUsize,
 }
@@ -219,13 +224,13 @@ impl Compiled {
     ) -> Result<Self, ProxyError> {
         let mut pools = HashMap::new();
         for (name, pool) in &ir.pools {
-            let (client, scheme) = match &pool.tls {
+            let client = match &pool.tls {
                 Some(tls) => {
                     let config = crate::upstream::client_config(tls.ca_pem.as_deref(), &tls.subject_alt_names)?;
-                    (crate::upstream::tls_client(config, tls.server_name.as_deref(), pool.http2)?, "https")
+                    crate::upstream::tls(config, tls.server_name.as_deref(), pool.http2)?
                 }
-                None if pool.http2 => (shared.h2c.clone(), "http"),
-                None => (shared.http1.clone(), "http"),
+                None if pool.http2 => shared.h2c.clone(),
+                None => shared.http1.clone(),
             };
             pools.insert(
                 name.clone(),
@@ -236,7 +241,6 @@ impl Compiled {
                         None => portico_balance::PoolState::new(name, pool.endpoints.clone(), pool.balance.clone()),
                     },
                     client,
-                    scheme,
                     in_flight: Arc::new(tokio::sync::Semaphore::new(
                         shared.pool_request_limit.load(std::sync::atomic::Ordering::Relaxed),
                     )),
@@ -249,7 +253,7 @@ impl Compiled {
                 .map_err(|e| ProxyError::Config(format!("certificate {name}: {e}")))?;
             certificates.insert(name.clone(), Arc::new(key));
         }
-        let mut listeners = HashMap::new();
+        let mut listeners = HashMap::default();
         for listener in &ir.listeners {
             let mut hosts = Vec::new();
             for vhost in &listener.virtual_hosts {
@@ -282,6 +286,8 @@ impl Compiled {
                     hosts,
                     certificates: certs,
                     tls_routes,
+                    latency: CounterSlot::new(),
+                    unrouted: CounterSlot::new(),
                 },
             );
         }
@@ -344,6 +350,7 @@ fn compile_route(
             Filter::Cors(c) => Some(c.clone()),
             _ => None,
         }),
+        counter: CounterSlot::new(),
     })
 }
 

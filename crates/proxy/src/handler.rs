@@ -21,17 +21,37 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+/// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1); the first two are kept
+/// for a protocol upgrade. Parsed names, so that removing them hashes no text per request.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    http::header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::PROXY_AUTHORIZATION,
 ];
+
+/// A client connection, as the request path sees it; made once per connection.
+pub struct ClientConnection {
+    pub shared: std::sync::Arc<Shared>,
+    /// The listening address the connection came to.
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The peer's IP address as a header value, for X-Forwarded-For.
+    peer_ip: HeaderValue,
+}
+
+impl ClientConnection {
+    pub fn new(shared: std::sync::Arc<Shared>, local: SocketAddr, peer: SocketAddr, scheme: &'static str) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ClientConnection { shared, local, peer, scheme, peer_ip }
+    }
+}
 
 fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
@@ -41,17 +61,21 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
 }
 
 /// The request's host, lower-case, without port: `:authority` for HTTP/2, else the Host header.
-fn request_host(request: &Request<Incoming>) -> Option<String> {
-    let raw = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))?;
+/// Borrowed when already lower-case (as clients send it), so the request path allocates nothing for it.
+fn request_host(request: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(HOST)?.to_str().ok()?,
+    };
     let without_port = match raw.rfind(':') {
         Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
-        _ => raw.as_str(),
+        _ => raw,
     };
-    Some(without_port.to_ascii_lowercase())
+    Some(if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_port)
+    })
 }
 
 fn find_route<'a>(
@@ -140,13 +164,9 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
 }
 
 /// Handles one request. Never fails: every problem becomes a short error response.
-pub async fn handle(
-    shared: &Shared,
-    request: Request<Incoming>,
-    local_address: SocketAddr,
-    peer: SocketAddr,
-    scheme: &'static str,
-) -> Response<ProxyBody> {
+pub async fn handle(connection: &ClientConnection, request: Request<Incoming>) -> Response<ProxyBody> {
+    let ClientConnection { shared, local: local_address, peer, scheme, .. } = connection;
+    let (local_address, peer, scheme) = (*local_address, *peer, *scheme);
     let started = Instant::now();
     let compiled = shared.state.load_full();
     let grpc = is_grpc(&request);
@@ -166,7 +186,8 @@ pub async fn handle(
     }
     let host = request_host(&request).unwrap_or_default();
     let Some(route) = find_route(listener, &host, &request) else {
-        shared.metrics.request(&listener.name, "", 404, started.elapsed());
+        let unrouted = (&listener.name[..], &listener.unrouted);
+        shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, 404, started.elapsed());
         return error_response(grpc, StatusCode::NOT_FOUND, "no route for this host and path");
     };
     let origin = route.cors.as_ref().and_then(|cors| allowed_origin(cors, &request));
@@ -175,7 +196,7 @@ pub async fn handle(
         && request.headers().contains_key("access-control-request-method")
     {
         let response = preflight(cors, origin.as_deref());
-        shared.metrics.request(&listener.name, &route.name, response.status().as_u16(), started.elapsed());
+        record(shared, listener, route, response.status().as_u16(), started);
         return response;
     }
     for (pool, per_million) in &route.mirrors {
@@ -191,7 +212,7 @@ pub async fn handle(
         CompiledAction::Forward(pools) => match pools.pick() {
             Err(()) => error_response(grpc, StatusCode::INTERNAL_SERVER_ERROR, "the route's backend is not valid"),
             Ok(pool) => {
-                let forwarding = forward(shared, route, pool, request, peer, scheme, grpc);
+                let forwarding = forward(connection, route, pool, request, grpc);
                 match route.timeouts.request_ms {
                     Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), forwarding).await {
                         Ok(response) => response,
@@ -214,8 +235,17 @@ pub async fn handle(
     if let (Some(cors), Some(origin)) = (&route.cors, origin) {
         cors_headers(cors, &origin, response.headers_mut());
     }
-    shared.metrics.request(&listener.name, &route.name, response.status().as_u16(), started.elapsed());
+    record(shared, listener, route, response.status().as_u16(), started);
     response
+}
+
+fn record(shared: &Shared, listener: &CompiledListener, route: &CompiledRoute, status: u16, started: Instant) {
+    shared.metrics.request_cached(
+        (&listener.name, &listener.latency),
+        (&route.name, &route.counter),
+        status,
+        started.elapsed(),
+    );
 }
 
 fn redirect_response(
@@ -346,25 +376,23 @@ fn cors_headers(cors: &portico_ir::Cors, origin: &str, headers: &mut http::Heade
 /// Sends a body-less copy of the request to a mirror pool in the background; its answer is dropped.
 fn mirror(pool: &std::sync::Arc<CompiledPool>, request: &Request<Incoming>, peer: SocketAddr) {
     let Some(pick) = pool.pick(peer.ip(), request.headers()) else { return };
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = format!("{}://{}{path}", pool.scheme, pick.endpoint).parse::<Uri>() else { return };
-    let mut builder = Request::builder().method(request.method().clone()).uri(uri);
-    if let Some(headers) = builder.headers_mut() {
-        *headers = request.headers().clone();
-        strip_hop_by_hop(headers, false);
-        if !headers.contains_key(HOST)
-            && let Some(value) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(HOST, value);
-        }
-        headers.remove(http::header::CONTENT_LENGTH);
+    let mut copy = Request::new(Empty::new().map_err(|never| match never {}).boxed());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = origin_form(request.uri());
+    let headers = copy.headers_mut();
+    *headers = request.headers().clone();
+    strip_hop_by_hop(headers, false);
+    if !headers.contains_key(HOST)
+        && let Some(value) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        headers.insert(HOST, value);
     }
-    let Ok(copy) = builder.body(Empty::new().map_err(|never| match never {}).boxed()) else { return };
+    headers.remove(http::header::CONTENT_LENGTH);
     let pool = pool.clone();
     tokio::spawn(async move {
         let endpoint = pick.endpoint;
         let _busy = pick.guard;
-        let outcome = match tokio::time::timeout(Duration::from_secs(10), pool.client.request(copy)).await {
+        let outcome = match tokio::time::timeout(Duration::from_secs(10), pool.client.send(endpoint, copy)).await {
             Ok(Ok(response)) => {
                 let failed = response.status().is_server_error();
                 drop(response.into_body().collect().await);
@@ -390,24 +418,65 @@ fn is_upgrade(headers: &http::HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
+/// Removes the hop-by-hop headers, and those the Connection header names (RFC 9110 section 7.6.1).
 fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "connection" || name == "upgrade") {
-            continue;
+    let names = &HOP_BY_HOP[if keep_upgrade { 2 } else { 0 }..];
+    // One pass over the few headers, comparing parsed names, finds which are there: cheaper than hashing each
+    // of the eight names to remove it, on every request and every response.
+    let mut found = 0u8;
+    let mut connection = false;
+    for name in headers.keys() {
+        connection |= name == http::header::CONNECTION;
+        if let Some(i) = names.iter().position(|n| n == name) {
+            found |= 1 << i;
         }
+    }
+    if found == 0 && !connection {
+        return;
+    }
+    // Other headers the Connection header lists; `keep-alive` and `close` (the usual values) name nothing more.
+    let listed: Vec<HeaderName> = if connection {
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| !token.eq_ignore_ascii_case("keep-alive") && !token.eq_ignore_ascii_case("close"))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            // The Host header stays whatever a client lists (the backend needs it).
+            .filter(|name| name != HOST && !(keep_upgrade && name == http::header::UPGRADE))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (i, name) in names.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    for name in &listed {
         headers.remove(name);
     }
 }
 
+/// The request target in origin form (`/path?query`), as sent to a backend; HTTP/2 requests carry it in
+/// absolute form.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    uri.path_and_query().map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone()))
+}
+
 async fn forward(
-    shared: &Shared,
+    connection: &ClientConnection,
     route: &CompiledRoute,
     pool: &CompiledPool,
     mut request: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &'static str,
     grpc: bool,
 ) -> Response<ProxyBody> {
+    let (shared, peer, scheme) = (&connection.shared, connection.peer, connection.scheme);
     let upgrade = is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
@@ -417,7 +486,7 @@ async fn forward(
     {
         parts.headers.insert(HOST, value);
     }
-    let mut path = parts.uri.path().to_string();
+    let mut rewritten_path: Option<String> = None;
     for filter in &route.filters {
         match filter {
             Filter::RequestHeaders(edits) => edit_headers(&mut parts.headers, edits),
@@ -425,23 +494,35 @@ async fn forward(
                 if let Some(hostname) = rewrite.hostname.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
                     parts.headers.insert(HOST, hostname);
                 }
-                path = rewrite_path(&path, rewrite.path.as_ref());
+                if rewrite.path.is_some() {
+                    let path = rewritten_path.as_deref().unwrap_or(parts.uri.path());
+                    rewritten_path = Some(rewrite_path(path, rewrite.path.as_ref()));
+                }
             }
             Filter::ResponseHeaders(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
         }
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", peer.ip())).ok(),
+        None => Some(connection.peer_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         parts.headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path,
+    let target = match rewritten_path {
+        None => origin_form(&parts.uri),
+        Some(path) => {
+            let path_and_query = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            match path_and_query.parse::<Uri>() {
+                Ok(uri) => uri,
+                Err(_) => return local(StatusCode::BAD_REQUEST, "bad request path\n"),
+            }
+        }
     };
 
     // Retries need the request again: only requests without a body are retried.
@@ -460,23 +541,18 @@ async fn forward(
             return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this route");
         };
         let endpoint = pick.endpoint;
-        let Ok(uri) = format!("{}://{endpoint}{path_and_query}", pool.scheme).parse::<Uri>() else {
-            return local(StatusCode::BAD_REQUEST, "bad request path\n");
-        };
-        let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
-        if let Some(headers) = builder.headers_mut() {
-            // Only a request that may be retried needs its headers again: the others give them away.
-            *headers = if attempts == 1 { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
-        }
         let attempt_body = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
-        let Ok(upstream_request) = builder.body(attempt_body) else {
-            return local(StatusCode::BAD_REQUEST, "bad request\n");
-        };
+        let mut upstream_request = Request::new(attempt_body);
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.uri_mut() = target.clone();
+        // Only a request that may be retried needs its headers again: the others give them away.
+        *upstream_request.headers_mut() =
+            if attempts == 1 { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         // Waits when the pool has its limit of requests in flight; held until the response body is done.
         let Ok(permit) = pool.in_flight.clone().acquire_owned().await else {
             return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "pool closed");
         };
-        let sending = pool.client.request(upstream_request);
+        let sending = pool.client.send(endpoint, upstream_request);
         let result = match route.timeouts.backend_request_ms {
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), sending).await {
                 Ok(result) => result.map_err(Failure::Client),
@@ -520,7 +596,7 @@ async fn forward(
 
 /// Why an attempt to a backend failed.
 enum Failure {
-    Client(hyper_util::client::legacy::Error),
+    Client(crate::pool::UpstreamError),
     Timeout,
 }
 
@@ -537,7 +613,7 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Client(e) => f.write_str(&error_chain(e)),
+            Failure::Client(e) => e.fmt(f),
             Failure::Timeout => f.write_str("timed out"),
         }
     }
@@ -548,7 +624,7 @@ impl std::fmt::Display for Failure {
 /// gets its persistence cookie.
 fn finish(
     pool: &CompiledPool,
-    mut response: Response<Incoming>,
+    mut response: Response<crate::upstream::UpstreamBody>,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     (pick, permit): (Pick, tokio::sync::OwnedSemaphorePermit),
     scheme: &str,
@@ -584,17 +660,6 @@ fn finish(
         frame
     });
     Response::from_parts(parts, body.boxed())
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

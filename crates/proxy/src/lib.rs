@@ -8,6 +8,7 @@ mod compile;
 mod handler;
 mod listener;
 mod metrics;
+mod pool;
 mod upstream;
 
 pub use metrics::Metrics;
@@ -65,14 +66,14 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy with no listeners; call [`Proxy::apply`] to configure it.
     pub fn new(metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
-        let empty = Compiled { listeners: HashMap::new() };
+        let empty = Compiled { listeners: HashMap::default() };
         Ok(Proxy {
             shared: Arc::new(Shared {
                 state: Arc::new(ArcSwap::from_pointee(empty)),
                 metrics,
                 clients: compile::SharedClients {
-                    http1: upstream::plain_client(false)?,
-                    h2c: upstream::plain_client(true)?,
+                    http1: upstream::Upstream::Http1(pool::Http1Pool::plain()),
+                    h2c: upstream::h2c()?,
                     pool_request_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_POOL_REQUEST_LIMIT),
                 },
                 graceful: Mutex::new(Some(GracefulShutdown::new())),

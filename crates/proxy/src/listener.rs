@@ -272,10 +272,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let watcher = shared.graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
-    let service_shared = shared.clone();
+    let connection = Arc::new(handler::ClientConnection::new(shared, local, peer, scheme));
     let service = service_fn(move |request| {
-        let shared = service_shared.clone();
-        async move { Ok::<_, Infallible>(handler::handle(&shared, request, local, peer, scheme).await) }
+        let connection = connection.clone();
+        async move { Ok::<_, Infallible>(handler::handle(&connection, request).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();

@@ -2,67 +2,95 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Latency buckets in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-/// A latency histogram.
+/// The latency of one listener's requests.
 #[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    total: u64,
-    sum: f64,
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    total: AtomicU64,
+    sum_nanos: AtomicU64,
 }
 
-/// Requests by listener, then route, then status: nested so that the request path looks keys up by `&str`
-/// and allocates only the first time a combination is seen.
-type RequestCounts = HashMap<String, HashMap<String, HashMap<u16, u64>>>;
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (count, bound) in self.counts.iter().zip(BUCKETS) {
+            if seconds <= bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
 
-/// Counters and histograms of the proxy. Cheap enough for the request path: one short lock per request, no
-/// allocation once a listener/route/status has been seen.
+/// The requests of one route of one listener, by status (a handful of statuses: a list beats a map).
+#[derive(Default)]
+pub struct RouteCounter {
+    by_status: Mutex<Vec<(u16, u64)>>,
+}
+
+impl RouteCounter {
+    fn count(&self, status: u16) {
+        let Ok(mut by_status) = self.by_status.lock() else { return };
+        match by_status.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, count)) => *count += 1,
+            None => by_status.push((status, 1)),
+        }
+    }
+}
+
+/// Where a compiled listener or route keeps its counters once it has found them by name, so that later requests
+/// count without hashing names or taking the registry's lock. Empty in a new configuration; the counters found
+/// are the same (the registry keeps them by name), so counts carry over configuration swaps.
+pub type CounterSlot<T> = OnceLock<Arc<T>>;
+
+/// Counters and histograms of the proxy.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<RequestCounts>,
-    latency: Mutex<HashMap<String, Histogram>>,
+    requests: Mutex<HashMap<(String, String), Arc<RouteCounter>>>,
+    latency: Mutex<HashMap<String, Arc<Histogram>>>,
     upstream_errors: Mutex<HashMap<(String, &'static str), u64>>,
     generation: AtomicU64,
     connections: AtomicU64,
 }
 
 impl Metrics {
-    /// Records one finished request.
+    /// Records one finished request, finding its counters by name.
     pub fn request(&self, listener: &str, route: &str, status: u16, elapsed: Duration) {
-        if let Ok(mut requests) = self.requests.lock() {
-            match requests.get_mut(listener).and_then(|r| r.get_mut(route)) {
-                Some(by_status) => *by_status.entry(status).or_default() += 1,
-                None => {
-                    *requests
-                        .entry(listener.to_string())
-                        .or_default()
-                        .entry(route.to_string())
-                        .or_default()
-                        .entry(status)
-                        .or_default() += 1
-                }
-            }
+        self.route_counter(listener, route).count(status);
+        self.histogram(listener).observe(elapsed);
+    }
+
+    /// Records one finished request with the counters cached in a compiled listener and route.
+    pub fn request_cached(
+        &self,
+        (listener, histogram): (&str, &CounterSlot<Histogram>),
+        (route, counter): (&str, &CounterSlot<RouteCounter>),
+        status: u16,
+        elapsed: Duration,
+    ) {
+        counter.get_or_init(|| self.route_counter(listener, route)).count(status);
+        histogram.get_or_init(|| self.histogram(listener)).observe(elapsed);
+    }
+
+    fn route_counter(&self, listener: &str, route: &str) -> Arc<RouteCounter> {
+        let Ok(mut requests) = self.requests.lock() else { return Arc::default() };
+        requests.entry((listener.to_string(), route.to_string())).or_default().clone()
+    }
+
+    fn histogram(&self, listener: &str) -> Arc<Histogram> {
+        let Ok(mut latency) = self.latency.lock() else { return Arc::default() };
+        if let Some(histogram) = latency.get(listener) {
+            return histogram.clone();
         }
-        if let Ok(mut latency) = self.latency.lock() {
-            if !latency.contains_key(listener) {
-                latency.insert(listener.to_string(), Histogram::default());
-            }
-            let Some(histogram) = latency.get_mut(listener) else { return };
-            let seconds = elapsed.as_secs_f64();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if seconds <= *bound {
-                    histogram.counts[i] += 1;
-                }
-            }
-            histogram.total += 1;
-            histogram.sum += seconds;
-        }
+        latency.entry(listener.to_string()).or_default().clone()
     }
 
     /// Records a failure to reach a pool's endpoint (`kind`: connect, tls, timeout, ...).
@@ -94,10 +122,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP portico_requests_total Requests answered, by listener, route and status.");
         let _ = writeln!(out, "# TYPE portico_requests_total counter");
         if let Ok(requests) = self.requests.lock() {
-            let mut rows: Vec<(&String, &String, &u16, &u64)> = requests
+            let mut rows: Vec<(&String, &String, u16, u64)> = requests
                 .iter()
-                .flat_map(|(l, routes)| {
-                    routes.iter().flat_map(move |(r, s)| s.iter().map(move |(st, c)| (l, r, st, c)))
+                .flat_map(|((l, r), counter)| {
+                    let by_status = counter.by_status.lock().map(|s| s.clone()).unwrap_or_default();
+                    by_status.into_iter().map(move |(status, count)| (l, r, status, count))
                 })
                 .collect();
             rows.sort();
@@ -117,20 +146,22 @@ impl Metrics {
             rows.sort_by(|a, b| a.0.cmp(b.0));
             for (listener, h) in rows {
                 let l = escape(listener);
-                for (i, bound) in BUCKETS.iter().enumerate() {
+                let total = h.total.load(Ordering::Relaxed);
+                if total == 0 {
+                    continue;
+                }
+                for (count, bound) in h.counts.iter().zip(BUCKETS) {
                     let _ = writeln!(
                         out,
                         "portico_request_duration_seconds_bucket{{listener=\"{l}\",le=\"{bound}\"}} {}",
-                        h.counts[i]
+                        count.load(Ordering::Relaxed)
                     );
                 }
-                let _ = writeln!(
-                    out,
-                    "portico_request_duration_seconds_bucket{{listener=\"{l}\",le=\"+Inf\"}} {}",
-                    h.total
-                );
-                let _ = writeln!(out, "portico_request_duration_seconds_sum{{listener=\"{l}\"}} {}", h.sum);
-                let _ = writeln!(out, "portico_request_duration_seconds_count{{listener=\"{l}\"}} {}", h.total);
+                let _ =
+                    writeln!(out, "portico_request_duration_seconds_bucket{{listener=\"{l}\",le=\"+Inf\"}} {total}");
+                let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+                let _ = writeln!(out, "portico_request_duration_seconds_sum{{listener=\"{l}\"}} {sum}");
+                let _ = writeln!(out, "portico_request_duration_seconds_count{{listener=\"{l}\"}} {total}");
             }
         }
         let _ = writeln!(out, "# HELP portico_upstream_errors_total Failures to reach a pool's endpoints.");
@@ -149,4 +180,31 @@ impl Metrics {
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_cached_by_a_configuration_carry_over_to_the_next() {
+        let metrics = Metrics::default();
+        let (latency, counter) = (CounterSlot::new(), CounterSlot::new());
+        metrics.request_cached(("l", &latency), ("r", &counter), 200, Duration::from_millis(2));
+        // A new configuration starts with empty slots; they find the same counters by name.
+        let (latency, counter) = (CounterSlot::new(), CounterSlot::new());
+        metrics.request_cached(("l", &latency), ("r", &counter), 200, Duration::from_millis(20));
+        metrics.request("l", "r", 503, Duration::from_millis(1));
+        let text = metrics.render();
+        for line in [
+            "portico_requests_total{listener=\"l\",route=\"r\",status=\"200\"} 2",
+            "portico_requests_total{listener=\"l\",route=\"r\",status=\"503\"} 1",
+            "portico_request_duration_seconds_bucket{listener=\"l\",le=\"0.0025\"} 2",
+            "portico_request_duration_seconds_bucket{listener=\"l\",le=\"0.025\"} 3",
+            "portico_request_duration_seconds_sum{listener=\"l\"} 0.023",
+            "portico_request_duration_seconds_count{listener=\"l\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
 }

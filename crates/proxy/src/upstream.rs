@@ -1,16 +1,91 @@
-//! Connections to backends: pooled keep-alive clients, HTTP/1.1 or HTTP/2, plain or TLS (re-encryption).
+//! Connections to backends: HTTP/1.1 through Portico's keep-alive pool ([`crate::pool`]), HTTP/2 through
+//! hyper-util's client; plain or TLS (re-encryption).
 
 use crate::ProxyError;
 use crate::handler::ProxyBody;
+use crate::pool::{Http1Pool, PooledBody, UpstreamError, error_chain};
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// The client type used for every pool: speaks `http://` and `https://` URIs.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// hyper-util's client, for HTTP/2 backends: speaks `http://` (h2c) and `https://` URIs.
+pub type Http2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// How a pool reaches its backends.
+#[derive(Clone)]
+pub enum Upstream {
+    /// HTTP/1.1, plain or TLS.
+    Http1(Arc<Http1Pool>),
+    /// HTTP/2 (gRPC, h2c, h2 over TLS): one multiplexed connection per endpoint.
+    Http2 { client: Box<Http2Client>, scheme: &'static str },
+}
+
+impl Upstream {
+    /// Sends a request whose URI is in origin form (`/path?query`) and which carries a Host header.
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self {
+            Upstream::Http1(pool) => Ok(pool.send(endpoint, request).await?.map(UpstreamBody::Http1)),
+            Upstream::Http2 { client, scheme } => {
+                // hyper-util's client finds the connection by the URI's scheme and authority.
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                let uri = format!("{scheme}://{endpoint}{path}")
+                    .parse::<Uri>()
+                    .map_err(|e| UpstreamError::Request(format!("request target: {e}")))?;
+                *request.uri_mut() = uri;
+                match client.request(request).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::Http2)),
+                    Err(error) if error.is_connect() => Err(UpstreamError::Connect(error_chain(&error))),
+                    Err(error) => Err(UpstreamError::Request(error_chain(&error))),
+                }
+            }
+        }
+    }
+}
+
+/// A backend's response body, either kind.
+pub enum UpstreamBody {
+    Http1(PooledBody),
+    Http2(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
 
 fn connector() -> HttpConnector {
     let mut http = HttpConnector::new();
@@ -20,49 +95,41 @@ fn connector() -> HttpConnector {
     http
 }
 
-fn build(https: HttpsConnector<HttpConnector>, http2: bool) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .http2_only(http2)
-        .build(https)
+fn http2_client(https: HttpsConnector<HttpConnector>) -> Http2Client {
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).http2_only(true).build(https)
 }
 
-/// A client for plain-text pools: HTTP/1.1, or HTTP/2 with prior knowledge (h2c) when `http2`.
-pub fn plain_client(http2: bool) -> Result<HttpClient, ProxyError> {
+/// The client of plain-text HTTP/2 pools (h2c, prior knowledge).
+pub fn h2c() -> Result<Upstream, ProxyError> {
     // The TLS side is never used for http:// URIs; it still needs settings.
     let tls = client_config(None, &[])?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-    let https = if http2 {
-        builder.enable_http2().wrap_connector(connector())
-    } else {
-        builder.enable_http1().wrap_connector(connector())
-    };
-    Ok(build(https, http2))
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(connector());
+    Ok(Upstream::Http2 { client: Box::new(http2_client(https)), scheme: "http" })
 }
 
-/// A client for a TLS pool; `server_name` fixes the SNI and verified name (else the endpoint's IP). With
-/// `http2` it offers only h2 by ALPN, for gRPC over TLS.
-pub fn tls_client(
-    config: rustls::ClientConfig,
-    server_name: Option<&str>,
-    http2: bool,
-) -> Result<HttpClient, ProxyError> {
+/// The client of a TLS pool; `server_name` fixes the SNI and verified name (else the endpoint's IP). With
+/// `http2` it offers only h2 by ALPN, for gRPC over TLS; else only http/1.1.
+pub fn tls(config: rustls::ClientConfig, server_name: Option<&str>, http2: bool) -> Result<Upstream, ProxyError> {
+    let name = server_name
+        .map(|name| {
+            rustls::pki_types::ServerName::try_from(name.to_string())
+                .map_err(|_| ProxyError::Config(format!("{name:?} is not a valid TLS server name")))
+        })
+        .transpose()?;
+    if !http2 {
+        return Ok(Upstream::Http1(Http1Pool::tls(config, name)));
+    }
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http();
-    let builder = match server_name {
-        Some(name) => {
-            let name = rustls::pki_types::ServerName::try_from(name.to_string())
-                .map_err(|_| ProxyError::Config(format!("{name:?} is not a valid TLS server name")))?;
-            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-        }
+    let builder = match name {
+        Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
         None => builder,
     };
-    let https = if http2 {
-        builder.enable_http2().wrap_connector(connector())
-    } else {
-        builder.enable_http1().wrap_connector(connector())
-    };
-    Ok(build(https, http2))
+    let https = builder.enable_http2().wrap_connector(connector());
+    Ok(Upstream::Http2 { client: Box::new(http2_client(https)), scheme: "https" })
 }
 
 /// TLS 1.2+ client settings trusting `ca_pem`, or the web PKI's roots when `None`. With `subject_alt_names`
