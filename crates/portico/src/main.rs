@@ -260,7 +260,30 @@ struct DemoArgs {
     seconds: u64,
 }
 
+/// mimalloc rather than glibc's malloc: measured under `bench/run.sh` (issue 7), a 10,000-route update
+/// translated and compiled in about two thirds of the time (glibc spent a third of it in malloc/free and
+/// consolidation), and a proxied request costs fewer instructions. See [`tune_allocator`] for its memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Gives freed memory back to the kernel at once (purge delay 0, not 10 ms) and commits arena memory as it is
+/// used: with 10,000 routes the RSS after updates went from 229-247 MiB (mimalloc's defaults) to 179 MiB, under
+/// glibc's 201 MiB, with update-to-serving unchanged. Set first thing in `main`, while one thread runs; the
+/// `MIMALLOC_*` environment variables still win.
+fn tune_allocator() {
+    // mimalloc 3's option numbers (libmimalloc-sys 0.1 does not name these two).
+    const OPTIONS: [(libmimalloc_sys::mi_option_t, &str); 2] =
+        [(4, "MIMALLOC_ARENA_EAGER_COMMIT"), (15, "MIMALLOC_PURGE_DELAY")];
+    for (option, variable) in OPTIONS {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: a store into mimalloc's option table; not thread-safe, and no other thread runs yet.
+            unsafe { libmimalloc_sys::mi_option_set(option, 0) };
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
