@@ -277,7 +277,10 @@ where
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(handler::handle(&connection, request).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Head and body copied into one buffer and written with write(2), rather than gathered by writev(2): for
+    // the small responses most requests get, 2% fewer instructions per request (bench/callgrind.sh).
+    builder.http1().writev(false);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     let result = match watcher {
         Some(watcher) => watcher.watch(connection).await,

@@ -103,12 +103,22 @@ impl Http1Pool {
                 }
                 return Err(UpstreamError::Connect("the backend closed the new connection".into()));
             }
+            // A kept connection may have been closed by the backend a moment ago, unnoticed yet: the request
+            // is written into a dead socket and fails. Like nginx (`proxy_next_upstream error`), a request
+            // that can safely be sent again (idempotent, no body) then goes on another connection.
+            let replay = (is_reused && request.body().is_end_stream() && is_idempotent(request.method()))
+                .then(|| head_only_copy(&request));
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.clone().wrap(endpoint, sender, response)),
-                Err(mut error) => match error.take_message() {
-                    // The connection closed before the request was written: try another one.
-                    Some(unsent) if is_reused => {
+                Err(mut error) => match (error.take_message(), replay) {
+                    // Not written at all: try another connection.
+                    (Some(unsent), _) if is_reused => {
                         request = unsent;
+                        stale += 1;
+                    }
+                    (None, Some(copy)) => {
+                        tracing::debug!(%endpoint, error = %error_chain(error.error()), "kept connection failed; sent again");
+                        request = copy;
                         stale += 1;
                     }
                     _ => return Err(UpstreamError::Request(error_chain(&error.into_error()))),
@@ -182,13 +192,41 @@ impl Http1Pool {
     }
 }
 
+/// Methods that mean the same when sent twice (RFC 9110 section 9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
+}
+
+/// A copy of a request without body: method, target, version and headers.
+fn head_only_copy(request: &Request<ProxyBody>) -> Request<ProxyBody> {
+    use http_body_util::BodyExt;
+    let mut copy = Request::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
 /// Starts the HTTP/1.1 client side of a connection; the connection is driven by its own task.
 async fn handshake<S>(stream: S) -> Result<SendRequest<ProxyBody>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| error_chain(&e))?;
+    // One buffer and write(2), as on the client side (see `listener::serve`).
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| error_chain(&e))?;
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(error = %error_chain(&error), "backend connection ended");
