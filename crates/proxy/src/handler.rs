@@ -53,6 +53,20 @@ impl ClientConnection {
     }
 }
 
+/// An empty body.
+pub(crate) fn empty_body() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A copy of a request without its body: method, target and headers (the version is left to the client).
+pub(crate) fn head_only_copy<B>(request: &Request<B>) -> Request<ProxyBody> {
+    let mut copy = Request::new(empty_body());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
 fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
@@ -376,11 +390,9 @@ fn cors_headers(cors: &portico_ir::Cors, origin: &str, headers: &mut http::Heade
 /// Sends a body-less copy of the request to a mirror pool in the background; its answer is dropped.
 fn mirror(pool: &std::sync::Arc<CompiledPool>, request: &Request<Incoming>, peer: SocketAddr) {
     let Some(pick) = pool.pick(peer.ip(), request.headers()) else { return };
-    let mut copy = Request::new(Empty::new().map_err(|never| match never {}).boxed());
-    *copy.method_mut() = request.method().clone();
+    let mut copy = head_only_copy(request);
     *copy.uri_mut() = origin_form(request.uri());
     let headers = copy.headers_mut();
-    *headers = request.headers().clone();
     strip_hop_by_hop(headers, false);
     if !headers.contains_key(HOST)
         && let Some(value) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -541,7 +553,7 @@ async fn forward(
             return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this route");
         };
         let endpoint = pick.endpoint;
-        let attempt_body = body.take().unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed());
+        let attempt_body = body.take().unwrap_or_else(empty_body);
         let mut upstream_request = Request::new(attempt_body);
         *upstream_request.method_mut() = parts.method.clone();
         *upstream_request.uri_mut() = target.clone();

@@ -9,23 +9,20 @@ use std::time::Duration;
 /// Latency buckets in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-/// The latency of one listener's requests.
+/// The latency of one listener's requests. Each request counts in its own bucket only (one atomic add on the
+/// request path); the cumulative counts Prometheus wants are summed when rendering.
 #[derive(Default)]
 pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    total: AtomicU64,
+    /// By bucket, the last one for requests slower than every bound.
+    counts: [AtomicU64; BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
     fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        for (count, bound) in self.counts.iter().zip(BUCKETS) {
-            if seconds <= bound {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.total.fetch_add(1, Ordering::Relaxed);
+        let bucket = BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(BUCKETS.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
@@ -146,15 +143,17 @@ impl Metrics {
             rows.sort_by(|a, b| a.0.cmp(b.0));
             for (listener, h) in rows {
                 let l = escape(listener);
-                let total = h.total.load(Ordering::Relaxed);
+                let counts: Vec<u64> = h.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+                let total: u64 = counts.iter().sum();
                 if total == 0 {
                     continue;
                 }
-                for (count, bound) in h.counts.iter().zip(BUCKETS) {
+                let mut cumulative = 0;
+                for (count, bound) in counts.iter().zip(BUCKETS) {
+                    cumulative += count;
                     let _ = writeln!(
                         out,
-                        "portico_request_duration_seconds_bucket{{listener=\"{l}\",le=\"{bound}\"}} {}",
-                        count.load(Ordering::Relaxed)
+                        "portico_request_duration_seconds_bucket{{listener=\"{l}\",le=\"{bound}\"}} {cumulative}"
                     );
                 }
                 let _ =

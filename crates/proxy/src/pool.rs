@@ -6,7 +6,7 @@
 //! request pops an idle connection of its endpoint and the response body pushes it back when it ends. HTTP/2
 //! backends (gRPC, h2c) keep hyper-util's client: one multiplexed connection serves many requests there.
 
-use crate::handler::ProxyBody;
+use crate::handler::{ProxyBody, head_only_copy};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -205,23 +205,12 @@ fn is_idempotent(method: &http::Method) -> bool {
     )
 }
 
-/// A copy of a request without body: method, target, version and headers.
-fn head_only_copy(request: &Request<ProxyBody>) -> Request<ProxyBody> {
-    use http_body_util::BodyExt;
-    let mut copy = Request::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    copy
-}
-
 /// Starts the HTTP/1.1 client side of a connection; the connection is driven by its own task.
 async fn handshake<S>(stream: S) -> Result<SendRequest<ProxyBody>, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    // One buffer and write(2), as on the client side (see `listener::serve`).
+    // One buffer and write(2), as on the server side (see `listener::serve`).
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
