@@ -15,6 +15,14 @@ scripts/kube-testenv.sh build
 export PORTICO_REQUIRE_PEBBLE=1 PORTICO_REQUIRE_DNS_TOOLS=1 PORTICO_REQUIRE_KUBE=1
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# A clean checkout gains nothing from incremental compilation, and its caches took most of a 70 GB target
+# directory on a developer machine. Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# The build and the benchmark peers need a few gigabytes; say so before a compiler dies of it.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+  echo "warning: $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); the build needs about 6 GiB" >&2
+fi
 
 # The end-to-end tests bind ports 80 and 443 on 127.0.0.x VIPs, as the article's deployment does.
 if [ "$(id -u)" -ne 0 ]; then
