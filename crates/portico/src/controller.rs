@@ -60,7 +60,8 @@ pub struct Controller {
     /// Issues and renews certificates; its Secrets join each snapshot before translation.
     certs: crate::certs::CertManager,
     /// The provider's last load, re-applied when a certificate is due.
-    last_loaded: Option<Loaded>,
+    /// Shared with the task that writes statuses back (Kubernetes), which must not hold up the next apply.
+    last_loaded: Option<Arc<Loaded>>,
     /// Hands each status document to the task that writes `state-dir/status.json`.
     status_file: Option<tokio::sync::watch::Sender<Option<Arc<StatusDocument>>>>,
     /// The LoadBalancer Services the last translation wants for Gateways.
@@ -107,8 +108,8 @@ impl Controller {
     }
 
     /// The provider's last load, as read (without the Secrets this replica issued).
-    pub fn last_loaded(&self) -> Option<&Loaded> {
-        self.last_loaded.as_ref()
+    pub fn last_loaded(&self) -> Option<Arc<Loaded>> {
+        self.last_loaded.clone()
     }
 
     /// What the admin API shows now.
@@ -136,7 +137,7 @@ impl Controller {
 
     /// Takes in a finished ACME order and serves its certificate.
     pub async fn acme_done(&mut self, outcome: crate::certs::AcmeOutcome) {
-        if let Some(loaded) = self.last_loaded.clone() {
+        if let Some(loaded) = self.last_loaded.as_deref().cloned() {
             self.certs.complete(outcome, &loaded.snapshot);
             self.apply(loaded).await;
         }
@@ -144,7 +145,7 @@ impl Controller {
 
     /// Re-applies the last load, so certificates that are due get renewed and served.
     pub async fn renew(&mut self) {
-        if let Some(loaded) = self.last_loaded.clone() {
+        if let Some(loaded) = self.last_loaded.as_deref().cloned() {
             self.apply(loaded).await;
         }
     }
@@ -210,7 +211,7 @@ impl Controller {
             writer.send_replace(Some(status.clone()));
         }
         tracing::info!(generation, listeners = ir.listeners.len(), pools = ir.pools.len(), "configuration applied");
-        self.last_loaded = Some(loaded);
+        self.last_loaded = Some(Arc::new(loaded));
         self.view.store(Arc::new(View { generation, ir: Arc::new(ir), status, ready: true, dns }));
         release_freed_memory();
     }

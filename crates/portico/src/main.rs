@@ -435,7 +435,7 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     // Standalone, this process does everything; on Kubernetes, status, certificates and DNS sync are the
     // leader's (every replica serves traffic), and issuing is opt-in so as not to fight cert-manager.
     let mut elector = None;
-    let (mut updates, mut status_writer, mut leading) = if args.source.kubernetes {
+    let (mut updates, status_writer, mut leading) = if args.source.kubernetes {
         let provider =
             portico_provider::kubernetes::KubernetesProvider::connect(args.source.kubeconfig.as_deref()).await?;
         let mut writer = provider.status_writer(&options.gateway_controller);
@@ -472,6 +472,9 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
         }
     };
     set_leading(&mut controller, *leading.borrow());
+    let write_back = status_writer.map(|writer| spawn_write_back(writer, gateway_services_namespace));
+    // Bumped when this replica becomes the leader again: the writer then writes every status afresh.
+    let mut leadership_epoch = 0u64;
     let shutdown = shutdown_signal(stop);
     tokio::pin!(shutdown);
     loop {
@@ -492,29 +495,23 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
                 let leads = *leading.borrow_and_update();
                 set_leading(&mut controller, leads);
                 // A new leader writes every status afresh: it cannot know what the last one left.
-                if let Some(writer) = status_writer.as_mut() {
-                    writer.reset();
-                }
+                leadership_epoch += 1;
                 controller.renew().await;
             }
             () = &mut shutdown => break,
         }
-        // On Kubernetes the leader writes statuses (only those that changed) and issued Secrets back.
-        if let (Some(writer), true) = (status_writer.as_mut(), *leading.borrow())
+        // On Kubernetes the leader writes statuses (only those that changed), issued Secrets and Gateway
+        // Services back, in a task of their own: the next change is served without waiting for them.
+        if let (Some(write_back), true) = (&write_back, *leading.borrow())
             && let Some(loaded) = controller.last_loaded()
         {
-            for error in writer.write(&controller.status().statuses, &loaded.snapshot).await {
-                tracing::warn!(%error);
-            }
-            for error in writer.write_secrets(&controller.issued_secrets(), &loaded.snapshot).await {
-                tracing::warn!(%error);
-            }
-            if let Some(namespace) = &gateway_services_namespace {
-                let services = controller.gateway_services();
-                for error in writer.sync_gateway_services(services, loaded, namespace).await {
-                    tracing::warn!(%error);
-                }
-            }
+            write_back.send_replace(Some(Arc::new(WriteBack {
+                statuses: controller.status(),
+                loaded,
+                secrets: controller.issued_secrets(),
+                services: controller.gateway_services().to_vec(),
+                leadership_epoch,
+            })));
         }
     }
     if let Some(elector) = elector {
@@ -524,6 +521,50 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     proxy.shutdown(Duration::from_secs(args.drain_seconds)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the leader writes back to the API server after an apply.
+struct WriteBack {
+    statuses: Arc<controller::StatusDocument>,
+    loaded: Arc<Loaded>,
+    secrets: Vec<portico_resources::core::Secret>,
+    services: Vec<portico_resources::core::Service>,
+    /// Changes when this replica leads again.
+    leadership_epoch: u64,
+}
+
+/// The task that writes statuses, Secrets and Gateway Services back. It takes the latest [`WriteBack`] only:
+/// at start with 10,000 routes, the first run of status patches takes a minute, and a change made meanwhile
+/// must not wait for it (it did, when the control loop wrote them itself). The writer patches only what
+/// differs from what it last wrote, so skipping intermediate versions loses nothing.
+fn spawn_write_back(
+    mut writer: portico_provider::kubernetes::StatusWriter,
+    services_namespace: Option<String>,
+) -> tokio::sync::watch::Sender<Option<Arc<WriteBack>>> {
+    let (sender, mut latest) = tokio::sync::watch::channel(None::<Arc<WriteBack>>);
+    tokio::spawn(async move {
+        let mut epoch = 0;
+        while latest.changed().await.is_ok() {
+            let Some(job) = latest.borrow_and_update().clone() else { continue };
+            if job.leadership_epoch != epoch {
+                writer.reset();
+                epoch = job.leadership_epoch;
+            }
+            let snapshot = &job.loaded.snapshot;
+            for error in writer.write(&job.statuses.statuses, snapshot).await {
+                tracing::warn!(%error);
+            }
+            for error in writer.write_secrets(&job.secrets, snapshot).await {
+                tracing::warn!(%error);
+            }
+            if let Some(namespace) = &services_namespace {
+                for error in writer.sync_gateway_services(&job.services, &job.loaded, namespace).await {
+                    tracing::warn!(%error);
+                }
+            }
+        }
+    });
+    sender
 }
 
 /// Sleeps until `due`; never wakes when nothing is due. Capped so a clock change is noticed within a minute.

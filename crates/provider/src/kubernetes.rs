@@ -121,24 +121,27 @@ impl KubernetesProvider {
         drop(events_tx);
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut objects: BTreeMap<Kind, BTreeMap<(String, String), serde_json::Value>> = BTreeMap::new();
-            let mut staging: BTreeMap<Kind, BTreeMap<(String, String), serde_json::Value>> = BTreeMap::new();
+            let mut objects = Objects::new();
+            let mut staging = Objects::new();
             let mut synced = std::collections::BTreeSet::new();
             let kinds: std::collections::BTreeSet<Kind> = WATCHED.iter().map(|w| w.0).collect();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            // Whether something that can change the translation arrived since the last snapshot sent.
+            let mut pending = false;
             loop {
                 let Some((kind, event)) = events_rx.recv().await else { return };
-                apply_event(&mut objects, &mut staging, &mut synced, kind, event);
+                pending |= apply_event(&mut objects, &mut staging, &mut synced, kind, event);
                 // Let a burst settle.
                 tokio::time::sleep(debounce).await;
                 while let Ok((kind, event)) = events_rx.try_recv() {
-                    apply_event(&mut objects, &mut staging, &mut synced, kind, event);
+                    pending |= apply_event(&mut objects, &mut staging, &mut synced, kind, event);
                 }
                 // The first snapshot waits for every kind to list once (up to 10 s: a kind without CRD
                 // never lists), so that a half-loaded view is never served.
-                if synced.len() < kinds.len() && tokio::time::Instant::now() < deadline {
+                if !pending || (synced.len() < kinds.len() && tokio::time::Instant::now() < deadline) {
                     continue;
                 }
+                pending = false;
                 let mut loaded = snapshot(&objects);
                 loaded.partial = !(synced.contains(&Kind::Gateway) && synced.contains(&Kind::Service));
                 if tx.send(Ok(loaded)).await.is_err() {
@@ -183,13 +186,55 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-type Objects = BTreeMap<Kind, BTreeMap<(String, String), serde_json::Value>>;
+/// One watched object, decoded once when it arrives: decoding 10,000 routes again on every change took longer
+/// than translating them. The fingerprint tells a change of the object from a write of its status.
+#[derive(Clone)]
+struct Stored {
+    fingerprint: u64,
+    decoded: Result<Option<portico_resources::Resource>, portico_resources::Diagnostic>,
+}
+
+type Objects = BTreeMap<Kind, BTreeMap<(String, String), Stored>>;
+
+fn stored(kind: Kind, object: DynamicObject) -> Option<Stored> {
+    let mut value = value_of(kind, object)?;
+    let fingerprint = fingerprint(&mut value);
+    Some(Stored { fingerprint, decoded: decode_object(value, "default") })
+}
+
+/// A hash of the object without `metadata.resourceVersion`, which changes on every write, status included.
+fn fingerprint(value: &mut serde_json::Value) -> u64 {
+    use std::hash::Hasher as _;
+    let metadata = value.get_mut("metadata").and_then(|m| m.as_object_mut());
+    let version = metadata.and_then(|m| m.remove("resourceVersion"));
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(&serde_json::to_vec(value).unwrap_or_default());
+    if let (Some(version), Some(metadata)) = (version, value.get_mut("metadata").and_then(|m| m.as_object_mut())) {
+        metadata.insert("resourceVersion".into(), version);
+    }
+    hasher.finish()
+}
 
 fn key_of(object: &DynamicObject) -> (String, String) {
     (object.metadata.namespace.clone().unwrap_or_default(), object.metadata.name.clone().unwrap_or_default())
 }
 
-fn value_of(kind: Kind, object: DynamicObject) -> Option<serde_json::Value> {
+/// Whether the translation reads this kind's status: a Gateway's addresses and a Service's load balancer.
+/// Other kinds' status is Portico's own output (or another controller's) and is not kept.
+fn status_is_input(kind: Kind) -> bool {
+    matches!(kind, Kind::Gateway | Kind::Service)
+}
+
+fn value_of(kind: Kind, mut object: DynamicObject) -> Option<serde_json::Value> {
+    // Not kept: managedFields (often the larger part of an object) and the status of kinds whose status the
+    // translation does not read. The status Portico writes comes back as a watch event for every route; without
+    // this, 10,000 status writes made 10,000 events, each a reload.
+    object.metadata.managed_fields = None;
+    if !status_is_input(kind)
+        && let Some(fields) = object.data.as_object_mut()
+    {
+        fields.remove("status");
+    }
     let mut value = serde_json::to_value(object).ok()?;
     // Dynamic objects may arrive without apiVersion/kind; the decoder needs them.
     if let Some((_, group, version, _)) = WATCHED.iter().find(|w| w.0 == kind) {
@@ -200,48 +245,53 @@ fn value_of(kind: Kind, object: DynamicObject) -> Option<serde_json::Value> {
     Some(value)
 }
 
+/// Takes in one watch event; returns whether it can change the translation (a version that differs only in
+/// `metadata.resourceVersion`, as after a write of a status that is not kept, cannot).
 fn apply_event(
     objects: &mut Objects,
     staging: &mut Objects,
     synced: &mut std::collections::BTreeSet<Kind>,
     kind: Kind,
     event: Event<DynamicObject>,
-) {
+) -> bool {
     match event {
         Event::Apply(object) => {
             let key = key_of(&object);
-            if let Some(value) = value_of(kind, object) {
-                objects.entry(kind).or_default().insert(key, value);
-            }
+            let Some(object) = stored(kind, object) else { return false };
+            let known = objects.entry(kind).or_default();
+            let unchanged = known.get(&key).is_some_and(|previous| previous.fingerprint == object.fingerprint);
+            known.insert(key, object);
+            return !unchanged;
         }
-        Event::Delete(object) => {
-            objects.entry(kind).or_default().remove(&key_of(&object));
-        }
+        Event::Delete(object) => return objects.entry(kind).or_default().remove(&key_of(&object)).is_some(),
         Event::Init => {
             staging.insert(kind, BTreeMap::new());
         }
         Event::InitApply(object) => {
             let key = key_of(&object);
-            if let Some(value) = value_of(kind, object) {
-                staging.entry(kind).or_default().insert(key, value);
+            if let Some(object) = stored(kind, object) {
+                staging.entry(kind).or_default().insert(key, object);
             }
         }
         Event::InitDone => {
             // A relist replaces what we had: objects deleted while the watch was down disappear.
             objects.insert(kind, staging.remove(&kind).unwrap_or_default());
             synced.insert(kind);
+            return true;
         }
     }
+    false
 }
 
 fn snapshot(objects: &Objects) -> Loaded {
     let mut loaded = Loaded::default();
     for (kind, items) in objects {
-        for value in items.values() {
-            match decode_object(value.clone(), "default") {
-                Ok(Some(resource)) => loaded.snapshot.insert(resource, None),
+        for object in items.values() {
+            match &object.decoded {
+                Ok(Some(resource)) => loaded.snapshot.insert(resource.clone(), None),
                 Ok(None) => {}
-                Err(mut diagnostic) => {
+                Err(diagnostic) => {
+                    let mut diagnostic = diagnostic.clone();
                     diagnostic.file = Some(format!("kubernetes:{kind}"));
                     loaded.diagnostics.push(diagnostic);
                 }
@@ -250,6 +300,9 @@ fn snapshot(objects: &Objects) -> Loaded {
     }
     loaded
 }
+
+/// Status patches sent at once.
+const STATUS_WRITES_IN_FLIGHT: usize = 8;
 
 /// Writes statuses back, only those that changed since the last write.
 pub struct StatusWriter {
@@ -286,25 +339,38 @@ impl StatusWriter {
         snapshot: &Snapshot,
     ) -> Vec<String> {
         let mut errors = Vec::new();
-        for (reference, status) in statuses {
-            if self.written.get(reference) == Some(status) {
-                continue;
+        let mut changed: Vec<_> =
+            statuses.iter().filter(|(reference, status)| self.written.get(*reference) != Some(*status)).collect();
+        changed.reverse();
+        // A few patches in flight: each is a read and a write, and one at a time 10,000 routes took minutes
+        // to get their status after a start.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut outcomes = Vec::with_capacity(changed.len());
+        loop {
+            while in_flight.len() < STATUS_WRITES_IN_FLIGHT
+                && let Some((reference, status)) = changed.pop()
+            {
+                in_flight.push(self.write_one(reference, status, snapshot));
             }
-            if self.deposed() {
-                errors.push("no longer the leader: status writes stopped".to_string());
-                return errors;
+            match in_flight.next().await {
+                Some(outcome) => outcomes.push(outcome),
+                None => break,
             }
-            let generation = snapshot.get(reference).and_then(|r| r.metadata().generation);
-            // Only what changed is serialised: with 10,000 routes, converting every status on every event
-            // cost as much as the translation.
-            let mut body = serde_json::to_value(status).unwrap_or_default();
-            stamp_conditions(&mut body, generation);
-            match self.patch_status(reference, body).await {
+        }
+        drop(in_flight);
+        let mut deposed = false;
+        for (reference, status, outcome) in outcomes {
+            match outcome {
                 Ok(()) => {
                     self.written.insert(reference.clone(), status.clone());
                 }
-                Err(error) => errors.push(format!("{reference}: status not written: {error}")),
+                Err(Some(error)) => errors.push(format!("{reference}: status not written: {error}")),
+                Err(None) => deposed = true,
             }
+        }
+        if deposed {
+            errors.push("no longer the leader: status writes stopped".to_string());
+            return errors;
         }
         let gone: Vec<ResourceRef> =
             self.written.keys().filter(|reference| !statuses.contains_key(*reference)).cloned().collect();
@@ -320,6 +386,24 @@ impl StatusWriter {
             }
         }
         errors
+    }
+
+    /// Patches one status; `Err(None)` when this replica no longer leads.
+    async fn write_one<'a>(
+        &self,
+        reference: &'a ResourceRef,
+        status: &'a ResourceStatus,
+        snapshot: &Snapshot,
+    ) -> (&'a ResourceRef, &'a ResourceStatus, Result<(), Option<kube::Error>>) {
+        if self.deposed() {
+            return (reference, status, Err(None));
+        }
+        let generation = snapshot.get(reference).and_then(|r| r.metadata().generation);
+        // Only what changed is serialised: with 10,000 routes, converting every status on every event cost as
+        // much as the translation.
+        let mut body = serde_json::to_value(status).unwrap_or_default();
+        stamp_conditions(&mut body, generation);
+        (reference, status, self.patch_status(reference, body).await.map_err(Some))
     }
 
     fn api(&self, reference: &ResourceRef) -> Option<Api<DynamicObject>> {
@@ -561,5 +645,69 @@ fn stamp_conditions(value: &mut serde_json::Value, generation: Option<i64>) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|v| stamp_conditions(v, generation)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(hostname: &str, resource_version: &str, status: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {
+                "name": "web", "namespace": "dev", "resourceVersion": resource_version, "generation": 1,
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [hostname]},
+            "status": status,
+        }))
+        .expect("an HTTPRoute")
+    }
+
+    fn gateway(resource_version: &str, address: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "dev", "resourceVersion": resource_version},
+            "spec": {"gatewayClassName": "portico", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+            "status": {"addresses": [{"type": "IPAddress", "value": address}]},
+        }))
+        .expect("a Gateway")
+    }
+
+    #[test]
+    fn a_status_write_does_not_reload_but_a_spec_change_does() {
+        let (mut objects, mut staging, mut synced) = (Objects::new(), Objects::new(), Default::default());
+        let mut event = |kind, event| apply_event(&mut objects, &mut staging, &mut synced, kind, event);
+        assert!(event(Kind::HttpRoute, Event::Apply(route("a.example", "1", serde_json::json!({})))));
+        // Portico's own status write comes back as a new version with only status and resourceVersion changed.
+        let accepted = serde_json::json!({"parents": [{"controllerName": "portico.dev/gateway-controller"}]});
+        assert!(!event(Kind::HttpRoute, Event::Apply(route("a.example", "2", accepted.clone()))));
+        assert!(event(Kind::HttpRoute, Event::Apply(route("b.example", "3", accepted))));
+        // A Gateway's status is read by the translation (its addresses): a change there reloads.
+        assert!(event(Kind::Gateway, Event::Apply(gateway("4", "192.0.2.1"))));
+        assert!(!event(Kind::Gateway, Event::Apply(gateway("5", "192.0.2.1"))));
+        assert!(event(Kind::Gateway, Event::Apply(gateway("6", "192.0.2.2"))));
+        assert!(event(Kind::HttpRoute, Event::Delete(route("b.example", "7", serde_json::json!({})))));
+        assert!(!event(Kind::HttpRoute, Event::Delete(route("b.example", "7", serde_json::json!({})))));
+
+        let loaded = snapshot(&objects);
+        let gateways: Vec<_> = loaded.snapshot.gateways.values().collect();
+        assert_eq!(gateways.len(), 1);
+        assert_eq!(gateways[0].status.as_ref().map(|s| s.addresses[0].value.as_str()), Some("192.0.2.2"));
+        assert!(loaded.snapshot.http_routes.is_empty(), "the deleted route is gone");
+    }
+
+    #[test]
+    fn managed_fields_and_route_status_are_not_kept() {
+        let accepted = serde_json::json!({"parents": [{"controllerName": "portico.dev/gateway-controller"}]});
+        let value = value_of(Kind::HttpRoute, route("a.example", "1", accepted)).expect("a value");
+        assert!(value.pointer("/metadata/managedFields").is_none());
+        assert!(value.get("status").is_none());
+        assert_eq!(value.pointer("/spec/hostnames/0").and_then(|h| h.as_str()), Some("a.example"));
+        let value = value_of(Kind::Gateway, gateway("1", "192.0.2.1")).expect("a value");
+        assert_eq!(value.pointer("/status/addresses/0/value").and_then(|h| h.as_str()), Some("192.0.2.1"));
     }
 }
