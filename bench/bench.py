@@ -71,6 +71,7 @@ SCENARIOS = {
     "6": "rss",
     "7": "dns",
     "8": "controlplane",
+    "8k": "kube",
 }
 TITLES = {
     "http1": "1. HTTP/1.1 keep-alive proxying (wrk -t1 -c64, small response)",
@@ -83,7 +84,10 @@ TITLES = {
     "rss": "6. Proxy memory (VmRSS of the process tree)",
     "dns": "7. Authoritative DNS over UDP (dnsperf -T1 -c8 -q500, 1,000 names)",
     "controlplane": "8. Control plane: generated HTTPRoutes (Portico only)",
+    "kube": "8k. Control plane through a real Kubernetes API server (kube-apiserver + etcd on CPU 0, Portico only)",
 }
+# Scenarios with no peer: Portico's figures against the issue's absolute bars.
+PORTICO_ONLY = ("controlplane", "kube")
 
 
 class BenchError(Exception):
@@ -917,7 +921,7 @@ def controlplane_scenario(args, work, results):
             for rep in range(args.reps):
                 hostname = f"changed-{rep + 1}.cp.bench.test"
                 text = render(route_template, {"NAME": "changed", "GATEWAY": "cp", "HOSTNAME": hostname})
-                latency = update_latency(address, changed, text, hostname, proc)
+                latency = update_latency(address, lambda: write_atomic(changed, text), hostname, proc)
                 if latency is None:
                     results.fail(f"controlplane {label}: the changed route never answered")
                     continue
@@ -932,12 +936,13 @@ def controlplane_scenario(args, work, results):
             stop(proc)
 
 
-def update_latency(address, path, text, hostname, proc, timeout=30.0):
-    """Rewrites one route file (write + rename, as a deploy tool does) and polls every 2 ms until the new
-    hostname answers 200; milliseconds, or None after `timeout`."""
+def update_latency(address, change, hostname, proc, timeout=30.0):
+    """Makes the change (a route file rewritten with write + rename, as a deploy tool does; or an HTTPRoute
+    patched in the API server) and polls every 2 ms until the new hostname answers 200; milliseconds from just
+    before the change, or None after `timeout`."""
     connection = http.client.HTTPConnection(address, 80, timeout=2)
     started = time.monotonic()
-    write_atomic(path, text)
+    change()
     deadline = started + timeout
     try:
         while time.monotonic() < deadline:
@@ -956,6 +961,254 @@ def update_latency(address, path, text, hostname, proc, timeout=30.0):
     finally:
         connection.close()
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scenario 8k: the control plane through a real API server. The API server refuses loopback addresses in
+# EndpointSlices, so this part runs in a network namespace of its own (`ip netns add`): the backend listens on a
+# pod address (10.244.0.2) on that namespace's loopback, and no packet leaves it. bench.py runs itself again
+# inside the namespace (--kube-inside) and reads back the figures.
+
+KUBE_POD = "10.244.0.2"
+KUBE_ROUTES_API = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"
+
+
+def kube_testenv_built():
+    """Whether `scripts/kube-testenv.sh build` has run: `versions` prints each tool's binary or binary
+    directory last."""
+    result = run_quiet([str(REPO / "scripts" / "kube-testenv.sh"), "versions"])
+    if result.returncode != 0:
+        return False
+    paths = {line.split()[0]: Path(line.split()[-1]) for line in result.stdout.splitlines() if line.split()}
+    return ("kubernetes" in paths and (paths["kubernetes"] / "kube-apiserver").exists()
+            and "etcd" in paths and paths["etcd"].exists())
+
+
+def kube_scenario(args, work, results):
+    if not kube_testenv_built():
+        message = "kube: the API server is not built (scripts/kube-testenv.sh build, about 20 minutes once)"
+        if os.environ.get("PORTICO_REQUIRE_KUBE") == "1":
+            results.fail(message)
+        else:
+            log(f"scenario kube: skipped: {message}")
+            results.notes.append(f"Scenario 8k skipped: {message}.")
+        return
+    netns = f"portico-bench-{os.getpid()}"
+    created = run_quiet(["ip", "netns", "add", netns])
+    if created.returncode != 0:
+        results.fail(f"kube: ip netns add {netns}: {created.stderr.strip()}")
+        return
+    directory = work / "kube"
+    directory.mkdir(parents=True, exist_ok=True)
+    measures = directory / "measures.json"
+    try:
+        argv = ["ip", "netns", "exec", netns, sys.executable, str(Path(__file__).resolve()), "--kube-inside",
+                str(measures), "--portico", str(Path(args.portico).resolve()), "--work", str(work),
+                "--reps", str(args.reps), "--nice", str(args.nice),
+                "--routes", ",".join(str(c) for c in args.routes)]
+        # Bounded: 10,000 objects are created through the API server (about a minute), then three updates.
+        inner = subprocess.run(argv, timeout=1800)
+        if not measures.exists():
+            results.fail(f"kube: the run inside {netns} wrote no figures (exit {inner.returncode})")
+            return
+        found = json.loads(measures.read_text())
+        for figure in found["figures"]:
+            results.add("kube", figure["metric"], "portico", figure["value"], figure["unit"], "lower")
+        for failure in found["failures"]:
+            results.fail(failure)
+    except subprocess.TimeoutExpired:
+        results.fail("kube: the run inside the network namespace took more than 30 minutes")
+    finally:
+        run_quiet([str(REPO / "scripts" / "kube-testenv.sh"), "down", str(directory / "env")])
+        run_quiet(["ip", "netns", "del", netns])
+
+
+class KubeApi:
+    """The API server over HTTPS with the test environment's admin token; one keep-alive connection."""
+
+    def __init__(self, env):
+        import ssl
+        import urllib.parse
+        server = urllib.parse.urlparse(env["KUBE_SERVER"])
+        self.host, self.port = server.hostname, server.port
+        self.context = ssl.create_default_context(cafile=env["KUBE_CA"])
+        self.token = Path(env["KUBE_TOKEN_FILE"]).read_text().strip()
+        self.connection = None
+
+    def call(self, method, path, body=None, content_type="application/json"):
+        for attempt in range(3):
+            if self.connection is None:
+                self.connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=30)
+            try:
+                headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+                data = None
+                if body is not None:
+                    data = json.dumps(body).encode()
+                    headers["Content-Type"] = content_type
+                self.connection.request(method, path, body=data, headers=headers)
+                response = self.connection.getresponse()
+                text = response.read().decode(errors="replace")
+                if response.status >= 300:
+                    raise BenchError(f"{method} {path}: {response.status} {text[:300]}")
+                return json.loads(text) if text else None
+            except (OSError, http.client.HTTPException) as error:
+                self.connection.close()
+                self.connection = None
+                if attempt == 2:
+                    raise BenchError(f"{method} {path}: {error}") from error
+        return None
+
+
+def kube_route(name, hostname):
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "cp"}], "hostnames": [hostname],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                            "backendRefs": [{"name": "backend", "port": 80}]}]},
+    }
+
+
+def kube_create_routes(env, first, last):
+    """Creates routeNNNNN for NNNNN in first..last, on four connections at once (kube-apiserver and etcd take
+    most of CPU 0 meanwhile)."""
+    numbers = list(range(first, last + 1))
+    errors = []
+
+    def worker(chunk):
+        api = KubeApi(env)
+        try:
+            for i in chunk:
+                api.call("POST", KUBE_ROUTES_API, kube_route(f"route{i:05d}", f"route{i:05d}.cp.bench.test"))
+        except BenchError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=worker, args=(numbers[k::4],)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=1800)
+    if errors:
+        raise BenchError(f"creating HTTPRoutes: {errors[0]}")
+
+
+def kube_inside(args):
+    """Inside the network namespace: the API server, the backend, the objects, then Portico for each route
+    count; writes the figures to args.kube_inside."""
+    os.sched_setaffinity(0, {int(LOAD_CPU)})  # etcd and kube-apiserver inherit CPU 0
+    work = Path(args.work)
+    directory = work / "kube"
+    figures, failures = [], []
+
+    def figure(metric, value, unit):
+        figures.append({"metric": metric, "value": value, "unit": unit})
+
+    try:
+        for step in (["ip", "link", "set", "lo", "up"], ["ip", "addr", "add", f"{KUBE_POD}/32", "dev", "lo"]):
+            done = run_quiet(step)
+            if done.returncode != 0:
+                raise BenchError(f"{' '.join(step)}: {done.stderr.strip()}")
+        started = time.monotonic()
+        up = subprocess.run([str(REPO / "scripts" / "kube-testenv.sh"), "up", str(directory / "env")],
+                            capture_output=True, text=True, timeout=300)
+        if up.returncode != 0:
+            raise BenchError(f"kube-testenv.sh up: {up.stderr[-1000:]}")
+        log(f"scenario kube: API server up in {time.monotonic() - started:.1f} s")
+        env = dict(line.split("=", 1) for line in (directory / "env" / "env").read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+        (directory / "backend" / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = write_template("backend-nginx.conf", directory / "backend" / "nginx.conf",
+                              dict(values(directory), BACKEND_ADDR=KUBE_POD))
+        backend = start("kube-backend", ["nginx", "-c", conf, "-p", directory / "backend", "-e",
+                                         directory / "backend" / "error.log"], LOAD_CPU, directory)
+        wait_until("backend", lambda: http_get(KUBE_POD, BACKEND_PORT)[0] == 200, backend)
+        api = KubeApi(env)
+        api.call("POST", "/apis/gateway.networking.k8s.io/v1/gatewayclasses", {
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "portico"},
+            "spec": {"controllerName": "portico.dev/gateway-controller"}})
+        api.call("POST", "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways", {
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "cp", "namespace": "default"},
+            "spec": {"gatewayClassName": "portico",
+                     "addresses": [{"type": "IPAddress", "value": ADDR["controlplane"]}],
+                     "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                                    "allowedRoutes": {"namespaces": {"from": "All"}}}]}})
+        api.call("POST", "/api/v1/namespaces/default/services", {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "default"},
+            "spec": {"ports": [{"port": 80, "targetPort": BACKEND_PORT}]}})
+        api.call("POST", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "backend", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "backend"}},
+            "addressType": "IPv4", "ports": [{"name": "", "port": BACKEND_PORT}],
+            "endpoints": [{"addresses": [KUBE_POD]}]})
+        api.call("POST", KUBE_ROUTES_API, kube_route("changed", "changed-0.cp.bench.test"))
+        created = 0
+        for count in args.routes:
+            label = f"{count} routes"
+            log(f"scenario kube: {label}: creating HTTPRoutes {created + 1}-{count} in the API server")
+            started = time.monotonic()
+            kube_create_routes(env, created + 1, count)
+            log(f"  {count - created} created in {time.monotonic() - started:.1f} s")
+            created = count
+            kube_serve(args, directory, api, count, figure, failures)
+        stop(backend)
+    except BenchError as error:
+        failures.append(f"kube: {error}")
+    finally:
+        stop_all()
+        Path(args.kube_inside).write_text(json.dumps({"figures": figures, "failures": failures}))
+
+
+def kube_accepted(api, name):
+    status = api.call("GET", f"{KUBE_ROUTES_API}/{name}").get("status", {})
+    return any(c.get("type") == "Accepted" and c.get("status") == "True"
+               for parent in status.get("parents", []) for c in parent.get("conditions", []))
+
+
+def kube_serve(args, directory, api, count, figure, failures):
+    """One `portico run --kubernetes` over `count` routes: start to serving, RSS, update-to-serving of a patched
+    HTTPRoute, RSS after updates."""
+    label = f"{count} routes"
+    address = ADDR["controlplane"]
+    started = time.monotonic()
+    proc = start(f"portico-kube-{count}", [
+        args.portico, "run", "--kubernetes", "--kubeconfig", directory / "env" / "admin.kubeconfig",
+        "--leader-elect", "false", "--admin", CONTROLPLANE_ADMIN, "--state-dir", directory / f"state-{count}",
+        "--drain-seconds", "1"], PROXY_CPU, directory,
+        # BENCH_PORTICO_LOG=info,portico=debug logs how long each translation and swap took.
+        env={"RUST_LOG": os.environ.get("BENCH_PORTICO_LOG", "info")})
+    try:
+        wait_until(f"portico with {label} from the API server",
+                   lambda: http_get(address, 80, host=f"route{count:05d}.cp.bench.test") == (200, BODY + "\n"),
+                   proc, timeout=180, interval=0.02)
+        figure(f"{label}: start to serving (lists from the API server)", (time.monotonic() - started) * 1000, "ms")
+        time.sleep(0.5)
+        figure(f"{label}: `portico run --kubernetes` RSS serving", proc.rss_kb() / 1024, "MiB")
+        for rep in range(args.reps):
+            hostname = f"changed-{count}-{rep + 1}.cp.bench.test"
+
+            def change(hostname=hostname):
+                api.call("PATCH", f"{KUBE_ROUTES_API}/changed", {"spec": {"hostnames": [hostname]}},
+                         content_type="application/merge-patch+json")
+
+            latency = update_latency(address, change, hostname, proc)
+            if latency is None:
+                failures.append(f"kube {label}: the patched HTTPRoute never answered")
+                continue
+            log(f"  rep {rep + 1}: update-to-serving {latency:.0f} ms")
+            figure(f"{label}: update-to-serving (one HTTPRoute patched in the API server)", latency, "ms")
+        figure(f"{label}: `portico run --kubernetes` RSS after updates", proc.rss_kb() / 1024, "MiB")
+        # Portico writes every route's status as the spec says, in name order: the first and the last route
+        # are checked, and the last one's time is when every status was written.
+        for name in ("route00001", f"route{count:05d}"):
+            wait_until(f"HTTPRoute {name} Accepted by Portico", lambda name=name: kube_accepted(api, name), proc,
+                       timeout=600, interval=0.25)
+        figure(f"{label}: start to every HTTPRoute status written", (time.monotonic() - started) * 1000, "ms")
+    except BenchError as error:
+        failures.append(f"kube {label}: {error}")
+    finally:
+        stop(proc)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1065,7 +1318,7 @@ def build_tables(results):
     """Rows per scenario: medians per contender, ratios Portico/peer, and the issue's bar where there is one."""
     tables = {}
     for (scenario, metric), (unit, better) in results.meta.items():
-        peers = DNS_SERVERS[1:] if scenario == "dns" else ([] if scenario == "controlplane" else PROXIES[1:])
+        peers = DNS_SERVERS[1:] if scenario == "dns" else ([] if scenario in PORTICO_ONLY else PROXIES[1:])
         contenders = ["portico"] + peers
         medians = {c: results.median(scenario, metric, c) for c in contenders}
         runs = {c: results.runs.get((scenario, metric, c), []) for c in contenders}
@@ -1083,7 +1336,7 @@ def judge(scenario, metric, unit, better, medians, peers):
     portico = medians.get("portico")
     if portico is None:
         return None
-    if scenario == "controlplane":
+    if scenario in PORTICO_ONLY:
         if "10000 routes" in metric and "translate` wall" in metric:
             return {"text": "< 1,000 ms", "met": portico < 1000}
         if "update-to-serving" in metric:
@@ -1137,11 +1390,11 @@ def markdown(report, tables):
         "understates the contender.",
         "",
     ]
-    for scenario in ["http1", "https", "newconn", "h2", "cpu", "rss", "dns", "controlplane"]:
+    for scenario in ["http1", "https", "newconn", "h2", "cpu", "rss", "dns", "controlplane", "kube"]:
         rows = tables.get(scenario)
         if not rows:
             continue
-        peers = DNS_SERVERS[1:] if scenario == "dns" else ([] if scenario == "controlplane" else PROXIES[1:])
+        peers = DNS_SERVERS[1:] if scenario == "dns" else ([] if scenario in PORTICO_ONLY else PROXIES[1:])
         contenders = ["portico"] + peers
         lines.append(f"## {TITLES[scenario]}")
         lines.append("")
@@ -1220,7 +1473,8 @@ def parse_args(argv):
     parser.add_argument("--results", default=str(BENCH / "results"))
     parser.add_argument("--work", default=str(BENCH / "work"))
     parser.add_argument("--command-line", default="bench/run.sh")
-    parser.add_argument("scenarios", nargs="*", help="1-8 or names: " + ", ".join(SCENARIOS.values()))
+    parser.add_argument("--kube-inside", help=argparse.SUPPRESS)  # scenario 8k, inside its network namespace
+    parser.add_argument("scenarios", nargs="*", help="1-8, 8k or names: " + ", ".join(SCENARIOS.values()))
     args = parser.parse_args(argv)
     args.duration = args.duration or (2 if args.smoke else 10)
     args.reps = args.reps or (1 if args.smoke else 3)
@@ -1245,6 +1499,9 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     NICE[2] = str(args.nice)
+    if args.kube_inside:
+        kube_inside(args)
+        return 0
     # The harness itself stays off the contenders' CPU.
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     work = Path(args.work)
@@ -1288,6 +1545,8 @@ def main(argv):
             dns_scenario(args, work, results)
         if "controlplane" in args.wanted:
             controlplane_scenario(args, work, results)
+        if "kube" in args.wanted:
+            kube_scenario(args, work, results)
     except BenchError as error:
         results.fail(str(error))
     except KeyboardInterrupt as error:

@@ -7,6 +7,7 @@
 # Each contender runs under callgrind on CPU 1 behind the same nginx backend as scenario 1 (CPU 0), and serves
 # 2,000 then 12,000 requests of `h2load --h1 -c 64`; the difference of the two instruction totals over 10,000
 # cancels start-up and shutdown. nginx is counted in its worker process only (master_process on).
+# KEEP=1 keeps the profiles (the directory is printed at the end) for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 portico="${1:-target/release/portico}"
@@ -18,7 +19,7 @@ done
   echo "bench/callgrind.sh: run bench/run.sh http1 first (it writes the configurations to bench/work/)" >&2; exit 1; }
 out="$(mktemp -d)"
 chmod 1777 "$out" # nginx's worker runs as nobody and writes its own profile
-trap 'pkill -f "$work/backend/nginx.conf" || true; pkill -f "$work/nginx/nginx.conf" || true; rm -rf "$out"' EXIT
+trap 'pkill -f "$work/backend/nginx.conf" || true; pkill -f "$work/nginx/nginx.conf" || true; [ -n "${KEEP:-}" ] || rm -rf "$out"; echo "$out"' EXIT
 
 backend() {
   # `daemon off` in the configuration: it stays in the foreground.

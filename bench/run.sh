@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Portico's benchmark suite: Portico vs nginx and HAProxy (proxy), vs BIND 9 and Knot (DNS), on loopback.
 #
-#   bench/run.sh [--smoke] [scenario...]     scenarios: 1-8 or http1 https newconn h2 cpu rss dns controlplane
+#   bench/run.sh [--smoke] [scenario...]     scenarios: 1-8, 8k or http1 https newconn h2 cpu rss dns controlplane kube
 #
 # Installs the peers and load generators from Debian when missing, builds Portico (release; the smoke run
 # uses the debug build the test suite already made, as it only checks answers), then runs bench/bench.py,
