@@ -40,7 +40,7 @@ fn compile_grpc_rule(
             None => PathMatch::Prefix("/".into()),
             Some(method) => method_path(method, &field, &mut errors),
         };
-        let headers = value_matches(&spec.headers, &format!("{field}.headers"), &mut errors);
+        let headers = value_matches(&spec.headers, || format!("{field}.headers"), &mut errors);
         matches.push(RouteMatch { path, headers, ..RouteMatch::default() });
         let names = spec.method.as_ref().map(|method| {
             let length = |name: &Option<String>| name.as_deref().map_or(0, str::len);
