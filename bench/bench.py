@@ -918,22 +918,73 @@ def controlplane_scenario(args, work, results):
             time.sleep(0.5)
             results.add("controlplane", f"{label}: `portico run` RSS serving", "portico", proc.rss_kb() / 1024,
                         "MiB", "lower")
-            for rep in range(args.reps):
-                hostname = f"changed-{rep + 1}.cp.bench.test"
-                text = render(route_template, {"NAME": "changed", "GATEWAY": "cp", "HOSTNAME": hostname})
-                latency = update_latency(address, lambda: write_atomic(changed, text), hostname, proc)
-                if latency is None:
-                    results.fail(f"controlplane {label}: the changed route never answered")
-                    continue
-                log(f"  rep {rep + 1}: update-to-serving {latency:.0f} ms")
-                results.add("controlplane", f"{label}: update-to-serving (one route file changed)", "portico",
-                            latency, "ms", "lower")
+            # Requests keep flowing to another route meanwhile: the slowest shows whether a reload holds up
+            # the data plane.
+            with SteadyClient(address, "route00001.cp.bench.test") as steady:
+                for rep in range(args.reps):
+                    hostname = f"changed-{rep + 1}.cp.bench.test"
+                    text = render(route_template, {"NAME": "changed", "GATEWAY": "cp", "HOSTNAME": hostname})
+                    latency = update_latency(address, lambda: write_atomic(changed, text), hostname, proc)
+                    if latency is None:
+                        results.fail(f"controlplane {label}: the changed route never answered")
+                        continue
+                    log(f"  rep {rep + 1}: update-to-serving {latency:.0f} ms")
+                    results.add("controlplane", f"{label}: update-to-serving (one route file changed)", "portico",
+                                latency, "ms", "lower")
+                    time.sleep(0.3)
+            if steady.failures or not steady.latencies:
+                results.fail(f"controlplane {label}: requests during the updates: {steady.failures} failed, "
+                             f"{len(steady.latencies)} answered")
+            else:
+                log(f"  slowest of {len(steady.latencies)} requests during the updates: "
+                    f"{max(steady.latencies):.1f} ms")
+                results.add("controlplane", f"{label}: slowest request to another route during the updates",
+                            "portico", max(steady.latencies), "ms", "lower")
             results.add("controlplane", f"{label}: `portico run` RSS after updates", "portico",
                         proc.rss_kb() / 1024, "MiB", "lower")
         except BenchError as error:
             results.fail(f"controlplane {label}: {error}")
         finally:
             stop(proc)
+
+
+class SteadyClient:
+    """One keep-alive connection sending GET after GET (every 5 ms) to an unchanged route, from a thread, while
+    the configuration changes; records each request's latency and counts failures."""
+
+    def __init__(self, address, hostname):
+        self.address, self.hostname = address, hostname
+        self.latencies, self.failures = [], 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stopping.set()
+        self.thread.join(timeout=10)
+
+    def run(self):
+        connection = http.client.HTTPConnection(self.address, 80, timeout=5)
+        deadline = time.monotonic() + 600
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                connection.request("GET", "/", headers={"Host": self.hostname})
+                response = connection.getresponse()
+                body = response.read()
+                if response.status == 200 and body.decode(errors="replace") == BODY + "\n":
+                    self.latencies.append((time.monotonic() - started) * 1000)
+                else:
+                    self.failures += 1
+            except (OSError, http.client.HTTPException):
+                self.failures += 1
+                connection.close()
+                connection = http.client.HTTPConnection(self.address, 80, timeout=5)
+            time.sleep(0.005)
+        connection.close()
 
 
 def update_latency(address, change, hostname, proc, timeout=30.0):
