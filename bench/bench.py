@@ -1236,19 +1236,26 @@ def kube_serve(args, directory, api, count, figure, failures):
         figure(f"{label}: start to serving (lists from the API server)", (time.monotonic() - started) * 1000, "ms")
         time.sleep(0.5)
         figure(f"{label}: `portico run --kubernetes` RSS serving", proc.rss_kb() / 1024, "MiB")
-        for rep in range(args.reps):
-            hostname = f"changed-{count}-{rep + 1}.cp.bench.test"
+        with SteadyClient(address, "route00001.cp.bench.test") as steady:
+            for rep in range(args.reps):
+                hostname = f"changed-{count}-{rep + 1}.cp.bench.test"
 
-            def change(hostname=hostname):
-                api.call("PATCH", f"{KUBE_ROUTES_API}/changed", {"spec": {"hostnames": [hostname]}},
-                         content_type="application/merge-patch+json")
+                def change(hostname=hostname):
+                    api.call("PATCH", f"{KUBE_ROUTES_API}/changed", {"spec": {"hostnames": [hostname]}},
+                             content_type="application/merge-patch+json")
 
-            latency = update_latency(address, change, hostname, proc)
-            if latency is None:
-                failures.append(f"kube {label}: the patched HTTPRoute never answered")
-                continue
-            log(f"  rep {rep + 1}: update-to-serving {latency:.0f} ms")
-            figure(f"{label}: update-to-serving (one HTTPRoute patched in the API server)", latency, "ms")
+                latency = update_latency(address, change, hostname, proc)
+                if latency is None:
+                    failures.append(f"kube {label}: the patched HTTPRoute never answered")
+                    continue
+                log(f"  rep {rep + 1}: update-to-serving {latency:.0f} ms")
+                figure(f"{label}: update-to-serving (one HTTPRoute patched in the API server)", latency, "ms")
+                time.sleep(0.3)
+        if steady.failures or not steady.latencies:
+            failures.append(f"kube {label}: requests during the updates: {steady.failures} failed, "
+                            f"{len(steady.latencies)} answered")
+        else:
+            figure(f"{label}: slowest request to another route during the updates", max(steady.latencies), "ms")
         figure(f"{label}: `portico run --kubernetes` RSS after updates", proc.rss_kb() / 1024, "MiB")
         # Portico writes every route's status as the spec says, in name order: the first and the last route
         # are checked, and the last one's time is when every status was written.
