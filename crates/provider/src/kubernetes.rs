@@ -207,43 +207,55 @@ struct Stored {
 type Objects = BTreeMap<Kind, BTreeMap<(String, String), Stored>>;
 
 fn stored(kind: Kind, object: DynamicObject) -> Option<Stored> {
-    let mut value = value_of(kind, object)?;
-    let fingerprint = fingerprint(&mut value);
-    Some(Stored { fingerprint, decoded: decode_object(value, "default") })
+    let value = value_of(kind, object)?;
+    Some(Stored { fingerprint: fingerprint(&value), decoded: decode_object(value, "default") })
 }
 
-/// A hash of the object without `metadata.resourceVersion`, which changes on every write, status included.
-fn fingerprint(value: &mut serde_json::Value) -> u64 {
+/// A hash of what is kept of an object, serialised straight into the hasher.
+fn fingerprint(value: &serde_json::Value) -> u64 {
     use std::hash::Hasher as _;
-    let metadata = value.get_mut("metadata").and_then(|m| m.as_object_mut());
-    let version = metadata.and_then(|m| m.remove("resourceVersion"));
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write(&serde_json::to_vec(value).unwrap_or_default());
-    if let (Some(version), Some(metadata)) = (version, value.get_mut("metadata").and_then(|m| m.as_object_mut())) {
-        metadata.insert("resourceVersion".into(), version);
+    struct Hashing(std::hash::DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    hasher.finish()
+    let mut hashing = Hashing(std::hash::DefaultHasher::new());
+    // Writing into a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut hashing, value);
+    hashing.0.finish()
 }
 
 fn key_of(object: &DynamicObject) -> (String, String) {
     (object.metadata.namespace.clone().unwrap_or_default(), object.metadata.name.clone().unwrap_or_default())
 }
 
-/// Whether the translation reads this kind's status: a Gateway's addresses and a Service's load balancer.
-/// Other kinds' status is Portico's own output (or another controller's) and is not kept.
-fn status_is_input(kind: Kind) -> bool {
-    matches!(kind, Kind::Gateway | Kind::Service)
+/// What the translation reads of a kind's status: a Gateway's addresses and a Service's load balancer. The rest
+/// of any status is Portico's own output (or another controller's) and is not kept.
+fn status_read(kind: Kind, status: serde_json::Value) -> Option<serde_json::Value> {
+    match kind {
+        Kind::Service => Some(status),
+        Kind::Gateway => Some(serde_json::json!({ "addresses": status.get("addresses")? })),
+        _ => None,
+    }
 }
 
+/// The object as kept: without `managedFields` (often the larger part of it), `resourceVersion` (it changes on
+/// every write) and the status that the translation does not read. So the status Portico writes, which comes
+/// back as a watch event for every route and Gateway, leaves the object as it was: 10,000 status writes had
+/// made 10,000 reloads.
 fn value_of(kind: Kind, mut object: DynamicObject) -> Option<serde_json::Value> {
-    // Not kept: managedFields (often the larger part of an object) and the status of kinds whose status the
-    // translation does not read. The status Portico writes comes back as a watch event for every route; without
-    // this, 10,000 status writes made 10,000 events, each a reload.
     object.metadata.managed_fields = None;
-    if !status_is_input(kind)
-        && let Some(fields) = object.data.as_object_mut()
+    object.metadata.resource_version = None;
+    if let Some(fields) = object.data.as_object_mut()
+        && let Some(status) = fields.remove("status")
+        && let Some(kept) = status_read(kind, status)
     {
-        fields.remove("status");
+        fields.insert("status".into(), kept);
     }
     let mut value = serde_json::to_value(object).ok()?;
     // Dynamic objects may arrive without apiVersion/kind; the decoder needs them.
@@ -256,7 +268,7 @@ fn value_of(kind: Kind, mut object: DynamicObject) -> Option<serde_json::Value> 
 }
 
 /// Takes in one watch event; returns whether it can change the translation (a version that differs only in
-/// `metadata.resourceVersion`, as after a write of a status that is not kept, cannot).
+/// what is not kept, as after a status write, cannot).
 fn apply_event(
     objects: &mut Objects,
     staging: &mut Objects,
@@ -676,13 +688,16 @@ mod tests {
         .expect("an HTTPRoute")
     }
 
-    fn gateway(resource_version: &str, address: &str) -> DynamicObject {
+    fn gateway(resource_version: &str, address: &str, attached_routes: i32) -> DynamicObject {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "Gateway",
             "metadata": {"name": "gw", "namespace": "dev", "resourceVersion": resource_version},
             "spec": {"gatewayClassName": "portico", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
-            "status": {"addresses": [{"type": "IPAddress", "value": address}]},
+            "status": {
+                "addresses": [{"type": "IPAddress", "value": address}],
+                "listeners": [{"name": "http", "attachedRoutes": attached_routes}],
+            },
         }))
         .expect("a Gateway")
     }
@@ -696,10 +711,11 @@ mod tests {
         let accepted = serde_json::json!({"parents": [{"controllerName": "portico.dev/gateway-controller"}]});
         assert!(!event(Kind::HttpRoute, Event::Apply(route("a.example", "2", accepted.clone()))));
         assert!(event(Kind::HttpRoute, Event::Apply(route("b.example", "3", accepted))));
-        // A Gateway's status is read by the translation (its addresses): a change there reloads.
-        assert!(event(Kind::Gateway, Event::Apply(gateway("4", "192.0.2.1"))));
-        assert!(!event(Kind::Gateway, Event::Apply(gateway("5", "192.0.2.1"))));
-        assert!(event(Kind::Gateway, Event::Apply(gateway("6", "192.0.2.2"))));
+        // A Gateway's addresses are read by the translation: a change there reloads. The rest of its status is
+        // Portico's own output (here the count of attached routes that it writes).
+        assert!(event(Kind::Gateway, Event::Apply(gateway("4", "192.0.2.1", 0))));
+        assert!(!event(Kind::Gateway, Event::Apply(gateway("5", "192.0.2.1", 1))));
+        assert!(event(Kind::Gateway, Event::Apply(gateway("6", "192.0.2.2", 1))));
         assert!(event(Kind::HttpRoute, Event::Delete(route("b.example", "7", serde_json::json!({})))));
         assert!(!event(Kind::HttpRoute, Event::Delete(route("b.example", "7", serde_json::json!({})))));
 
@@ -715,9 +731,11 @@ mod tests {
         let accepted = serde_json::json!({"parents": [{"controllerName": "portico.dev/gateway-controller"}]});
         let value = value_of(Kind::HttpRoute, route("a.example", "1", accepted)).expect("a value");
         assert!(value.pointer("/metadata/managedFields").is_none());
+        assert!(value.pointer("/metadata/resourceVersion").is_none());
         assert!(value.get("status").is_none());
         assert_eq!(value.pointer("/spec/hostnames/0").and_then(|h| h.as_str()), Some("a.example"));
-        let value = value_of(Kind::Gateway, gateway("1", "192.0.2.1")).expect("a value");
+        let value = value_of(Kind::Gateway, gateway("1", "192.0.2.1", 3)).expect("a value");
         assert_eq!(value.pointer("/status/addresses/0/value").and_then(|h| h.as_str()), Some("192.0.2.1"));
+        assert!(value.pointer("/status/listeners").is_none());
     }
 }
