@@ -119,3 +119,126 @@ async fn connections_the_backend_closed_cost_no_request() {
     assert_eq!(seen.heads.len(), 10, "every request reached the backend once");
     assert_eq!(seen.connections, 10, "each request needed a new connection");
 }
+
+/// A backend answering by path with each way RFC 9112 frames a body, written in pieces so that Portico reads
+/// them in several parts: Content-Length, chunked with an extension and a trailer, an interim 103 before the
+/// answer, HEAD and 304 (a length but no body), a POST's body echoed, and an HTTP/1.0 body that runs until
+/// the connection closes. Returns the port and the number of connections accepted.
+async fn framing_backend() -> (u16, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            *count.lock().expect("lock") += 1;
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse::<usize>().expect("length"));
+                    while buffer.len() < end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buffer.drain(..end + length).skip(end).collect();
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    let pieces: Vec<Vec<u8>> = match target.as_str() {
+                        "/length" => {
+                            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234".to_vec(), b"56789".to_vec()]
+                        }
+                        "/chunked" => vec![
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel".to_vec(),
+                            b"lo\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
+                        ],
+                        "/interim" => vec![
+                            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n".to_vec(),
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal".to_vec(),
+                        ],
+                        "/head" => vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec()],
+                        "/not-modified" => vec![b"HTTP/1.1 304 Not Modified\r\ncontent-length: 50\r\n\r\n".to_vec()],
+                        "/echo" => {
+                            let mut answer =
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+                            answer.extend_from_slice(&body);
+                            vec![answer]
+                        }
+                        "/until-close" => vec![b"HTTP/1.0 200 OK\r\n\r\nuntil".to_vec(), b" close".to_vec()],
+                        _ => vec![b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec()],
+                    };
+                    for piece in pieces {
+                        if stream.write_all(&piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if target == "/until-close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// One HTTP/1.1 request with a body, on a new connection.
+async fn post(vip: SocketAddr, path: &str, body: &'static str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(vip).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header("host", "raw.example")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Every response framing reaches the client whole, and the backend connection stays in step: all the
+/// exchanges share one connection, a POST's included, until the backend ends a body by closing it.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_body_framing_arrives_whole_and_keeps_the_connection_in_step() {
+    let (port, accepted) = framing_backend().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_file(dir.path(), "config.yaml", &config("127.0.0.123", port));
+    let _portico = Portico::start(&[dir.path()], 19913, &[]);
+    let vip: SocketAddr = "127.0.0.123:8080".parse().expect("vip");
+    let get = |method: &'static str, path: &'static str| async move {
+        let answer = request(vip, "raw.example", method, path, &[], None).await.expect("request");
+        (answer.status, answer.body)
+    };
+    for round in 0..2 {
+        assert_eq!(get("GET", "/length").await, (200, "0123456789".into()), "round {round}");
+        assert_eq!(get("GET", "/chunked").await, (200, "hello world".into()), "round {round}");
+        assert_eq!(get("GET", "/interim").await, (200, "final".into()), "round {round}");
+        assert_eq!(get("HEAD", "/head").await, (200, String::new()), "round {round}");
+        assert_eq!(get("GET", "/not-modified").await, (304, String::new()), "round {round}");
+        assert_eq!(post(vip, "/echo", "a body to echo").await, (200, "a body to echo".into()), "round {round}");
+        // Bodies sent with hyper's client hand their connection back once done; that happens in its task.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(*accepted.lock().expect("lock"), 1, "the exchanges did not share one backend connection");
+    assert_eq!(get("GET", "/until-close").await, (200, "until close".into()));
+    assert_eq!(get("GET", "/length").await, (200, "0123456789".into()));
+    assert_eq!(*accepted.lock().expect("lock"), 2, "after a body ended by closing, one new connection");
+}

@@ -5,6 +5,7 @@
 //! of listening sockets is reconciled. Connections are never dropped by a configuration change.
 
 mod compile;
+mod h1;
 mod handler;
 mod listener;
 mod metrics;

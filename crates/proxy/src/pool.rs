@@ -3,10 +3,13 @@
 //! Why not hyper-util's pooled client for HTTP/1.1: per request it parses an absolute URI, hashes a pool key
 //! made of scheme and authority, clones the connector and spawns a task that returns the connection to the pool;
 //! profiled under `bench/run.sh http1`, that was about a fifth of the proxy's user CPU per request. Here a
-//! request pops an idle connection of its endpoint and the response body pushes it back when it ends. HTTP/2
-//! backends (gRPC, h2c) keep hyper-util's client: one multiplexed connection serves many requests there.
+//! request pops an idle connection of its endpoint and the response body pushes it back when it ends. A
+//! request without a body is exchanged by [`crate::h1`] in the client connection's own task; one with a body
+//! or a protocol upgrade by hyper's client connection, which hands the connection back when it is done.
+//! HTTP/2 backends (gRPC, h2c) keep hyper-util's client: one multiplexed connection serves many requests there.
 
-use crate::handler::{ProxyBody, head_only_copy};
+use crate::h1::{BackendConnection, BackendIo, ExchangeError, FramingHeaders, LeanBody};
+use crate::handler::{BoxError, ProxyBody, head_only_copy};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -16,6 +19,7 @@ use rustls::pki_types::ServerName;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -55,7 +59,7 @@ struct Tls {
 }
 
 struct IdleConnection {
-    sender: SendRequest<ProxyBody>,
+    connection: BackendConnection,
     since: Instant,
 }
 
@@ -86,30 +90,48 @@ impl Http1Pool {
         endpoint: SocketAddr,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        let lean = request.body().is_end_stream() && !request.headers().contains_key(http::header::UPGRADE);
         let mut stale = 0;
         loop {
             let reused = if stale < MAX_STALE_PER_REQUEST { self.take(endpoint) } else { None };
             let is_reused = reused.is_some();
-            let mut sender = match reused {
-                Some(sender) => sender,
+            let mut connection = match reused {
+                Some(connection) => connection,
                 // Boxed: the TLS handshake's state is large, and this future is moved on every request.
                 None => Box::pin(self.connect(endpoint)).await?,
             };
-            if sender.ready().await.is_err() {
-                // Closed by the backend while idle: nothing was sent.
-                if is_reused {
-                    stale += 1;
-                    continue;
+            if lean {
+                match connection.exchange(&request).await {
+                    Ok(head) => {
+                        let response = LeanBody::response(connection, head, self.clone(), endpoint);
+                        return Ok(response.map(PooledBody::Lean));
+                    }
+                    // A kept connection may have been closed by the backend a moment ago, unnoticed yet: the
+                    // request went into a dead socket. Like nginx (`proxy_next_upstream error`), a request that
+                    // can safely be sent again then goes on another connection.
+                    Err(ExchangeError::NoResponse(error)) if is_reused && is_idempotent(request.method()) => {
+                        tracing::debug!(%endpoint, %error, "kept connection failed; sent again");
+                        stale += 1;
+                        continue;
+                    }
+                    Err(error) => return Err(UpstreamError::Request(error.to_string())),
                 }
-                return Err(UpstreamError::Connect("the backend closed the new connection".into()));
             }
-            // A kept connection may have been closed by the backend a moment ago, unnoticed yet: the request
-            // is written into a dead socket and fails. Like nginx (`proxy_next_upstream error`), a request
-            // that can safely be sent again (idempotent, no body) then goes on another connection.
+            let upgrade = request.headers().contains_key(http::header::UPGRADE);
+            let (mut sender, done) = self.clone().drive(endpoint, connection, upgrade).await?;
+            if sender.ready().await.is_err() {
+                return Err(UpstreamError::Connect("the backend closed the connection".into()));
+            }
             let replay = (is_reused && request.body().is_end_stream() && is_idempotent(request.method()))
                 .then(|| head_only_copy(&request));
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.clone().wrap(endpoint, sender, response)),
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    // A response that closes its connection leaves nothing to put back.
+                    let done = FramingHeaders::of(&parts.headers).keeps_alive(parts.version).then_some(done);
+                    let body = DrivenBody { body, sender: Some(sender), done };
+                    return Ok(Response::from_parts(parts, PooledBody::Driven(body.ended_if_empty())));
+                }
                 Err(mut error) => match (error.take_message(), replay) {
                     // Not written at all: try another connection.
                     (Some(unsent), _) if is_reused => {
@@ -128,22 +150,19 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection to `endpoint` that is still open.
-    fn take(&self, endpoint: SocketAddr) -> Option<SendRequest<ProxyBody>> {
+    fn take(&self, endpoint: SocketAddr) -> Option<BackendConnection> {
         let mut idle = self.idle.lock().ok()?;
         let stack = idle.get_mut(&endpoint)?;
-        while let Some(connection) = stack.pop() {
-            if !connection.sender.is_closed() && connection.since.elapsed() < IDLE_TIMEOUT {
-                return Some(connection.sender);
+        while let Some(mut idle) = stack.pop() {
+            if idle.since.elapsed() < IDLE_TIMEOUT && idle.connection.is_open() {
+                return Some(idle.connection);
             }
         }
         None
     }
 
     /// Returns a connection whose response is done.
-    fn put(&self, endpoint: SocketAddr, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub(crate) fn put(&self, endpoint: SocketAddr, connection: BackendConnection) {
         let Ok(mut idle) = self.idle.lock() else { return };
         let stack = idle.entry(endpoint).or_default();
         // The oldest are at the bottom: drop those idle too long (closing their connections).
@@ -152,43 +171,93 @@ impl Http1Pool {
             stack.drain(..expired);
         }
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
-            stack.push(IdleConnection { sender, since: Instant::now() });
+            stack.push(IdleConnection { connection, since: Instant::now() });
         }
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    async fn connect(&self, endpoint: SocketAddr) -> Result<BackendConnection, UpstreamError> {
         let opening = async {
             let stream = tokio::net::TcpStream::connect(endpoint).await.map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(true);
             match &self.tls {
-                None => handshake(stream).await,
+                None => Ok(BackendIo::Plain(stream)),
                 Some(tls) => {
                     let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(endpoint.ip().into()));
                     let stream = tls.connector.connect(name, stream).await.map_err(|e| format!("TLS: {e}"))?;
-                    handshake(stream).await
+                    Ok(BackendIo::Tls(Box::new(stream)))
                 }
             }
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, opening).await {
-            Ok(result) => result.map_err(UpstreamError::Connect),
+            Ok(result) => result.map(BackendConnection::new).map_err(UpstreamError::Connect),
             Err(_) => Err(UpstreamError::Connect(format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()))),
         }
     }
 
-    fn wrap(
+    /// Hands `connection` to hyper's HTTP/1.1 client, driven by a task of its own. For an upgrade the
+    /// connection stays with the switched protocol; otherwise, once the response has been read to its end
+    /// (the returned flag is set) and the sender dropped, the task puts the connection back into the pool.
+    async fn drive(
         self: Arc<Self>,
         endpoint: SocketAddr,
-        sender: SendRequest<ProxyBody>,
-        response: Response<Incoming>,
-    ) -> Response<PooledBody> {
-        // A switched protocol takes the connection for good.
-        let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-        let (parts, body) = response.into_parts();
-        let mut pooled = PooledBody { body, back: reusable.then_some((self, endpoint, sender)) };
-        if pooled.body.is_end_stream() {
-            pooled.release();
+        connection: BackendConnection,
+        upgrade: bool,
+    ) -> Result<(SendRequest<ProxyBody>, Arc<AtomicBool>), UpstreamError> {
+        // One buffer and write(2), as on the server side (see `listener::serve`).
+        let (sender, driven) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(connection.into_io()))
+            .await
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let reusable = done.clone();
+        tokio::spawn(async move {
+            let ended = if upgrade {
+                driven.with_upgrades().await.map(|()| None)
+            } else {
+                driven.without_shutdown().await.map(Some)
+            };
+            match ended {
+                Ok(Some(parts)) if reusable.load(Ordering::Acquire) && parts.read_buf.is_empty() => {
+                    self.put(endpoint, BackendConnection::new(parts.io.into_inner()));
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(error = %error_chain(&error), "backend connection ended"),
+            }
+        });
+        Ok((sender, done))
+    }
+}
+
+/// A backend's response body, from either client; read to its end, its connection returns to the pool.
+pub enum PooledBody {
+    Lean(LeanBody),
+    Driven(DrivenBody),
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            PooledBody::Lean(body) => Pin::new(body).poll_frame(cx),
+            PooledBody::Driven(body) => Pin::new(body).poll_frame(cx),
         }
-        Response::from_parts(parts, pooled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            PooledBody::Lean(body) => body.is_end_stream(),
+            PooledBody::Driven(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            PooledBody::Lean(body) => body.size_hint(),
+            PooledBody::Driven(body) => body.size_hint(),
+        }
     }
 }
 
@@ -205,54 +274,47 @@ fn is_idempotent(method: &http::Method) -> bool {
     )
 }
 
-/// Starts the HTTP/1.1 client side of a connection; the connection is driven by its own task.
-async fn handshake<S>(stream: S) -> Result<SendRequest<ProxyBody>, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    // One buffer and write(2), as on the server side (see `listener::serve`).
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| error_chain(&e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(error = %error_chain(&error), "backend connection ended");
-        }
-    });
-    Ok(sender)
-}
-
-/// A backend's response body; when read to its end, its connection goes back to the pool. Dropped before
-/// that, the connection closes (HTTP/1.1 cannot abandon a response and go on).
-pub struct PooledBody {
+/// The body of a response from hyper's client. When it has been read to its end, the sender is dropped and the
+/// connection's task told that the connection may be kept; dropped before that, the connection closes.
+pub struct DrivenBody {
     body: Incoming,
-    back: Option<(Arc<Http1Pool>, SocketAddr, SendRequest<ProxyBody>)>,
+    sender: Option<SendRequest<ProxyBody>>,
+    done: Option<Arc<AtomicBool>>,
 }
 
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some((pool, endpoint, sender)) = self.back.take() {
-            pool.put(endpoint, sender);
+impl DrivenBody {
+    fn ended_if_empty(mut self) -> Self {
+        if self.body.is_end_stream() {
+            self.release();
         }
+        self
+    }
+
+    fn release(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.store(true, Ordering::Release);
+        }
+        self.sender = None;
     }
 }
 
-impl Body for PooledBody {
+impl Body for DrivenBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            // An error leaves the connection unusable: it is dropped with this body.
-            Poll::Ready(Some(Err(_))) => self.back = None,
+            // An error leaves the connection unusable: it closes when the sender is dropped.
+            Poll::Ready(Some(Err(_))) => {
+                self.done = None;
+                self.sender = None;
+            }
             _ => {}
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

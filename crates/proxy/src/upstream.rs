@@ -2,7 +2,7 @@
 //! hyper-util's client; plain or TLS (re-encryption).
 
 use crate::ProxyError;
-use crate::handler::ProxyBody;
+use crate::handler::{BoxError, ProxyBody};
 use crate::pool::{Http1Pool, PooledBody, UpstreamError, error_chain};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
@@ -63,12 +63,12 @@ pub enum UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
         }
     }
 
