@@ -32,6 +32,10 @@ const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections found closed (the backend timed them out) before a request opens a new connection.
 const MAX_STALE_PER_REQUEST: usize = 16;
+/// How often every idle connection is checked, when connections are put back: closed ones (the backend timed
+/// them out) and expired ones are dropped. Nothing watches an idle connection between requests, so without
+/// this a backend's closed sockets would stay open here (CLOSE_WAIT) until their endpoint was used again.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a request did not get a response from a backend.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +67,32 @@ struct IdleConnection {
     since: Instant,
 }
 
+/// The idle connections of each endpoint, the most recently used last.
+struct IdleSet {
+    by_endpoint: HashMap<SocketAddr, Vec<IdleConnection>, foldhash::fast::RandomState>,
+    swept: Instant,
+}
+
+impl Default for IdleSet {
+    fn default() -> Self {
+        IdleSet { by_endpoint: HashMap::default(), swept: Instant::now() }
+    }
+}
+
+impl IdleSet {
+    /// Drops the connections that are closed or idle too long, and the endpoints left with none.
+    fn sweep(&mut self) {
+        self.swept = Instant::now();
+        self.by_endpoint.retain(|_, stack| {
+            stack.retain_mut(|idle| idle.since.elapsed() < IDLE_TIMEOUT && idle.connection.is_open());
+            !stack.is_empty()
+        });
+    }
+}
+
 /// HTTP/1.1 keep-alive connections to the endpoints of one or more pools.
 pub struct Http1Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<IdleConnection>, foldhash::fast::RandomState>>,
+    idle: Mutex<IdleSet>,
     tls: Option<Tls>,
 }
 
@@ -152,7 +179,7 @@ impl Http1Pool {
     /// The most recently used idle connection to `endpoint` that is still open.
     fn take(&self, endpoint: SocketAddr) -> Option<BackendConnection> {
         let mut idle = self.idle.lock().ok()?;
-        let stack = idle.get_mut(&endpoint)?;
+        let stack = idle.by_endpoint.get_mut(&endpoint)?;
         while let Some(mut idle) = stack.pop() {
             if idle.since.elapsed() < IDLE_TIMEOUT && idle.connection.is_open() {
                 return Some(idle.connection);
@@ -164,7 +191,10 @@ impl Http1Pool {
     /// Returns a connection whose response is done.
     pub(crate) fn put(&self, endpoint: SocketAddr, connection: BackendConnection) {
         let Ok(mut idle) = self.idle.lock() else { return };
-        let stack = idle.entry(endpoint).or_default();
+        if idle.swept.elapsed() >= SWEEP_EVERY {
+            idle.sweep();
+        }
+        let stack = idle.by_endpoint.entry(endpoint).or_default();
         // The oldest are at the bottom: drop those idle too long (closing their connections).
         let expired = stack.iter().take_while(|c| c.since.elapsed() >= IDLE_TIMEOUT).count();
         if expired > 0 {
@@ -336,4 +366,37 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection whose backend has closed it is dropped (and its socket closed) by the next sweep,
+    /// while one still open stays.
+    #[tokio::test]
+    async fn a_sweep_drops_the_connections_backends_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = listener.local_addr().expect("address");
+        let pool = Http1Pool::plain();
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            let connection = pool.connect(endpoint).await.expect("connect");
+            accepted.push(listener.accept().await.expect("accept").0);
+            pool.put(endpoint, connection);
+        }
+        // The backend closes the first connection; its end of stream reaches Portico's socket.
+        drop(accepted.remove(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        {
+            let mut idle = pool.idle.lock().expect("lock");
+            assert_eq!(idle.by_endpoint[&endpoint].len(), 2);
+            idle.sweep();
+            assert_eq!(idle.by_endpoint[&endpoint].len(), 1, "the closed connection was kept");
+        }
+        // The one left is the open one: the backend sees no end of stream on it.
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(100), accepted[0].peek(&mut byte)).await;
+        assert!(read.is_err(), "the open connection was closed");
+    }
 }
