@@ -909,7 +909,9 @@ def controlplane_scenario(args, work, results):
         started = time.monotonic()
         proc = start(f"portico-cp-{count}", [args.portico, "run", "--config", directory, "--admin",
                                              CONTROLPLANE_ADMIN, "--state-dir", work / "controlplane" / "state",
-                                             "--drain-seconds", "1"], PROXY_CPU, work, env={"RUST_LOG": "info"})
+                                             "--drain-seconds", "1"], PROXY_CPU, work,
+                     # BENCH_PORTICO_LOG=info,portico=debug logs how long each translation and swap took.
+                     env={"RUST_LOG": os.environ.get("BENCH_PORTICO_LOG", "info")})
         try:
             wait_until(f"portico with {label}", lambda: http_get(address, 80, host=f"route{count:05d}.cp.bench.test")
                        == (200, BODY + "\n"), proc, timeout=120, interval=0.02)
