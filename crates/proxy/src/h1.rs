@@ -303,10 +303,9 @@ impl FramingHeaders {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty());
         if name.eq_ignore_ascii_case(b"content-length") {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let number = std::str::from_utf8(token)
-                    .ok()
-                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|t| t.parse::<u64>().ok());
+                // Digits only (no sign, no blank), at most 19 of them: no overflow.
+                let number = (!token.is_empty() && token.len() <= 19 && token.iter().all(u8::is_ascii_digit))
+                    .then(|| token.iter().fold(0u64, |n, &digit| n * 10 + u64::from(digit - b'0')));
                 self.content_length = match (number, self.content_length) {
                     (Some(n), None) => Some(Ok(n)),
                     (Some(n), Some(Ok(previous))) if n == previous => Some(Ok(n)),
@@ -606,6 +605,7 @@ mod tests {
         assert!(matches!(framing(&Method::GET, ok, &noted(&[("content-length", "5, 5")])), Ok(Framing::Length(5))));
         assert!(framing(&Method::GET, ok, &noted(&[("content-length", "5"), ("content-length", "6")])).is_err());
         assert!(framing(&Method::GET, ok, &noted(&[("content-length", "+5")])).is_err());
+        assert!(framing(&Method::GET, ok, &noted(&[("content-length", "99999999999999999999")])).is_err());
         assert!(matches!(framing(&Method::GET, ok, &noted(&[])), Ok(Framing::UntilClose)));
         assert!(!noted(&[("connection", "x-a, Close")]).keeps_alive(Version::HTTP_11));
         assert!(noted(&[("connection", "keep-alive")]).keeps_alive(Version::HTTP_10));

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// How long an idle connection is kept (hyper-util's default was the same 60 s here).
+/// How long an idle connection is kept (hyper-util's default was the same 60 s here), give or take a sweep.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint at most; more are closed when their response ends.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -32,9 +32,9 @@ const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections found closed (the backend timed them out) before a request opens a new connection.
 const MAX_STALE_PER_REQUEST: usize = 16;
-/// How often every idle connection is checked, when connections are put back: closed ones (the backend timed
-/// them out) and expired ones are dropped. Nothing watches an idle connection between requests, so without
-/// this a backend's closed sockets would stay open here (CLOSE_WAIT) until their endpoint was used again.
+/// How often every idle connection is checked: closed ones (the backend timed them out) and those idle longer
+/// than [`IDLE_TIMEOUT`] are dropped. Nothing watches an idle connection between requests, so without this a
+/// backend's closed sockets would stay open here (CLOSE_WAIT) until their endpoint was used again.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a request did not get a response from a backend.
@@ -68,23 +68,17 @@ struct IdleConnection {
 }
 
 /// The idle connections of each endpoint, the most recently used last.
+#[derive(Default)]
 struct IdleSet {
     by_endpoint: HashMap<SocketAddr, Vec<IdleConnection>, foldhash::fast::RandomState>,
-    swept: Instant,
-}
-
-impl Default for IdleSet {
-    fn default() -> Self {
-        IdleSet { by_endpoint: HashMap::default(), swept: Instant::now() }
-    }
 }
 
 impl IdleSet {
     /// Drops the connections that are closed or idle too long, and the endpoints left with none.
     fn sweep(&mut self) {
-        self.swept = Instant::now();
+        let now = Instant::now();
         self.by_endpoint.retain(|_, stack| {
-            stack.retain_mut(|idle| idle.since.elapsed() < IDLE_TIMEOUT && idle.connection.is_open());
+            stack.retain_mut(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT && idle.connection.is_open());
             !stack.is_empty()
         });
     }
@@ -99,7 +93,7 @@ pub struct Http1Pool {
 impl Http1Pool {
     /// A pool of plain-text connections.
     pub fn plain() -> Arc<Self> {
-        Arc::new(Http1Pool { idle: Mutex::default(), tls: None })
+        Arc::new(Http1Pool { idle: Mutex::default(), tls: None }).swept()
     }
 
     /// A pool of TLS connections with `config` (ALPN is set to http/1.1 here); `server_name` fixes the SNI and
@@ -107,7 +101,25 @@ impl Http1Pool {
     pub fn tls(mut config: rustls::ClientConfig, server_name: Option<ServerName<'static>>) -> Arc<Self> {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        Arc::new(Http1Pool { idle: Mutex::default(), tls: Some(Tls { connector, server_name }) })
+        Arc::new(Http1Pool { idle: Mutex::default(), tls: Some(Tls { connector, server_name }) }).swept()
+    }
+
+    /// Sweeps the idle connections every [`SWEEP_EVERY`] while the pool exists (a pool made outside a tokio
+    /// runtime is not swept).
+    fn swept(self: Arc<Self>) -> Arc<Self> {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = Arc::downgrade(&self);
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    if let Ok(mut idle) = pool.idle.lock() {
+                        idle.sweep();
+                    }
+                }
+            });
+        }
+        self
     }
 
     /// Sends `request` (origin-form URI, Host header set) to `endpoint` on an idle connection, or a new one.
@@ -181,7 +193,8 @@ impl Http1Pool {
         let mut idle = self.idle.lock().ok()?;
         let stack = idle.by_endpoint.get_mut(&endpoint)?;
         while let Some(mut idle) = stack.pop() {
-            if idle.since.elapsed() < IDLE_TIMEOUT && idle.connection.is_open() {
+            // Expired ones are left to the sweep: a connection idle a few seconds longer is still checked here.
+            if idle.connection.is_open() {
                 return Some(idle.connection);
             }
         }
@@ -191,15 +204,7 @@ impl Http1Pool {
     /// Returns a connection whose response is done.
     pub(crate) fn put(&self, endpoint: SocketAddr, connection: BackendConnection) {
         let Ok(mut idle) = self.idle.lock() else { return };
-        if idle.swept.elapsed() >= SWEEP_EVERY {
-            idle.sweep();
-        }
         let stack = idle.by_endpoint.entry(endpoint).or_default();
-        // The oldest are at the bottom: drop those idle too long (closing their connections).
-        let expired = stack.iter().take_while(|c| c.since.elapsed() >= IDLE_TIMEOUT).count();
-        if expired > 0 {
-            stack.drain(..expired);
-        }
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(IdleConnection { connection, since: Instant::now() });
         }
