@@ -156,35 +156,55 @@ impl Http1Pool {
                     Err(error) => return Err(UpstreamError::Request(error.to_string())),
                 }
             }
-            let upgrade = request.headers().contains_key(http::header::UPGRADE);
-            let (mut sender, done) = self.clone().drive(endpoint, connection, upgrade).await?;
-            if sender.ready().await.is_err() {
-                return Err(UpstreamError::Connect("the backend closed the connection".into()));
-            }
-            let replay = (is_reused && request.body().is_end_stream() && is_idempotent(request.method()))
-                .then(|| head_only_copy(&request));
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    // A response that closes its connection leaves nothing to put back.
-                    let done = FramingHeaders::of(&parts.headers).keeps_alive(parts.version).then_some(done);
-                    let body = DrivenBody { body, sender: Some(sender), done };
-                    return Ok(Response::from_parts(parts, PooledBody::Driven(body.ended_if_empty())));
+            // Boxed: hyper's handshake and send futures are large, and most requests (no body) never get here;
+            // inline, they made every request's future larger, and it is copied whenever it moves.
+            match Box::pin(self.clone().send_driven(endpoint, connection, is_reused, request)).await {
+                Driven::Sent(response) => return Ok(response),
+                Driven::Again(unsent) => {
+                    request = unsent;
+                    stale += 1;
                 }
-                Err(mut error) => match (error.take_message(), replay) {
-                    // Not written at all: try another connection.
-                    (Some(unsent), _) if is_reused => {
-                        request = unsent;
-                        stale += 1;
-                    }
-                    (None, Some(copy)) => {
-                        tracing::debug!(%endpoint, error = %error_chain(error.error()), "kept connection failed; sent again");
-                        request = copy;
-                        stale += 1;
-                    }
-                    _ => return Err(UpstreamError::Request(error_chain(&error.into_error()))),
-                },
+                Driven::Failed(error) => return Err(error),
             }
+        }
+    }
+
+    /// Sends `request` through hyper's client on `connection` (see [`Http1Pool::drive`]).
+    async fn send_driven(
+        self: Arc<Self>,
+        endpoint: SocketAddr,
+        connection: BackendConnection,
+        is_reused: bool,
+        request: Request<ProxyBody>,
+    ) -> Driven {
+        let upgrade = request.headers().contains_key(http::header::UPGRADE);
+        let (mut sender, done) = match self.drive(endpoint, connection, upgrade).await {
+            Ok(driven) => driven,
+            Err(error) => return Driven::Failed(error),
+        };
+        if sender.ready().await.is_err() {
+            return Driven::Failed(UpstreamError::Connect("the backend closed the connection".into()));
+        }
+        // A kept connection may have been closed by the backend a moment ago, unnoticed yet (see `send`).
+        let replay = (is_reused && request.body().is_end_stream() && is_idempotent(request.method()))
+            .then(|| head_only_copy(&request));
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                // A response that closes its connection leaves nothing to put back.
+                let done = FramingHeaders::of(&parts.headers).keeps_alive(parts.version).then_some(done);
+                let body = DrivenBody { body, sender: Some(sender), done };
+                Driven::Sent(Response::from_parts(parts, PooledBody::Driven(body.ended_if_empty())))
+            }
+            Err(mut error) => match (error.take_message(), replay) {
+                // Not written at all: try another connection.
+                (Some(unsent), _) if is_reused => Driven::Again(unsent),
+                (None, Some(copy)) => {
+                    tracing::debug!(%endpoint, error = %error_chain(error.error()), "kept connection failed; sent again");
+                    Driven::Again(copy)
+                }
+                _ => Driven::Failed(UpstreamError::Request(error_chain(&error.into_error()))),
+            },
         }
     }
 
@@ -262,6 +282,14 @@ impl Http1Pool {
         });
         Ok((sender, done))
     }
+}
+
+/// How a request sent through hyper's client ended.
+enum Driven {
+    Sent(Response<PooledBody>),
+    /// The request may go again on another connection (not sent, or safe to send twice).
+    Again(Request<ProxyBody>),
+    Failed(UpstreamError),
 }
 
 /// A backend's response body, from either client; read to its end, its connection returns to the pool.
