@@ -3,6 +3,8 @@
 # does not move with the machine's load (this VM has no hardware counters, and its timings vary by +-20%).
 #
 #   bench/callgrind.sh [portico-binary]        (as root, after a `bench/run.sh` run: it reuses bench/work/)
+#   SCHEME=https bench/callgrind.sh            the same over HTTPS keep-alive (ECDSA P-256, scenario 2)
+#   H2=1 bench/callgrind.sh                    HTTP/2 over TLS, 10 connections x 100 streams (scenario 4)
 #
 # Each contender runs under callgrind on CPU 1 behind the same nginx backend as scenario 1 (CPU 0), and serves
 # 2,000 then 12,000 requests of `h2load --h1 -c 64`; the difference of the two instruction totals over 10,000
@@ -11,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 portico="${1:-target/release/portico}"
+scheme="${SCHEME:-http}"
+load=(--h1 -c 64)
+if [ -n "${H2:-}" ]; then scheme=https; load=(-c 10 -m 100); fi
 work="$PWD/bench/work"
 for needed in valgrind h2load nginx; do
   command -v "$needed" >/dev/null || { echo "bench/callgrind.sh: $needed is missing (apt-get install valgrind nghttp2-client nginx-light)" >&2; exit 1; }
@@ -42,10 +47,10 @@ count() {
   fi
   pid=$!
   for _ in $(seq 120); do
-    curl -s -o /dev/null -H "Host: app01-lab.avi.aclab.uk" "http://$address/" && break
+    curl -sk -o /dev/null --connect-to "::$address:" "$scheme://app01-lab.avi.aclab.uk/" && break
     sleep 0.5
   done
-  taskset -c 0 h2load --h1 -n "$requests" -c 64 --connect-to="$address" http://app01-lab.avi.aclab.uk/ \
+  taskset -c 0 h2load "${load[@]}" -n "$requests" --connect-to="$address" "$scheme://app01-lab.avi.aclab.uk/" \
     | grep -q "status codes: $requests 2xx" || { echo "$name: not every request answered 2xx" >&2; exit 1; }
   if [ "$name" = portico ]; then kill -INT "$pid"; else kill -QUIT "$pid"; fi
   wait "$pid" || true
