@@ -122,8 +122,8 @@ async fn connections_the_backend_closed_cost_no_request() {
 
 /// A backend answering by path with each way RFC 9112 frames a body, written in pieces so that Portico reads
 /// them in several parts: Content-Length, chunked with an extension and a trailer, an interim 103 before the
-/// answer, HEAD and 304 (a length but no body), a POST's body echoed, and an HTTP/1.0 body that runs until
-/// the connection closes. Returns the port and the number of connections accepted.
+/// answer, HEAD and 304 (a length but no body), a POST's body echoed, a body of 1 MiB (read in growing parts),
+/// and an HTTP/1.0 body that runs until the connection closes. Returns the port and the number of connections accepted.
 async fn framing_backend() -> (u16, Arc<Mutex<usize>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
@@ -179,6 +179,11 @@ async fn framing_backend() -> (u16, Arc<Mutex<usize>>) {
                             vec![answer]
                         }
                         "/until-close" => vec![b"HTTP/1.0 200 OK\r\n\r\nuntil".to_vec(), b" close".to_vec()],
+                        "/large" => {
+                            let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+                            answer.extend(LARGE_PATTERN.iter().cycle().take(1 << 20));
+                            vec![answer]
+                        }
                         _ => vec![b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec()],
                     };
                     for piece in pieces {
@@ -196,6 +201,9 @@ async fn framing_backend() -> (u16, Arc<Mutex<usize>>) {
     });
     (port, accepted)
 }
+
+/// The bytes of the 1 MiB body of `/large`, repeated.
+const LARGE_PATTERN: &[u8] = b"0123456789abcdef";
 
 /// One HTTP/1.1 request with a body, on a new connection.
 async fn post(vip: SocketAddr, path: &str, body: &'static str) -> (u16, String) {
@@ -234,6 +242,9 @@ async fn every_body_framing_arrives_whole_and_keeps_the_connection_in_step() {
         assert_eq!(get("HEAD", "/head").await, (200, String::new()), "round {round}");
         assert_eq!(get("GET", "/not-modified").await, (304, String::new()), "round {round}");
         assert_eq!(post(vip, "/echo", "a body to echo").await, (200, "a body to echo".into()), "round {round}");
+        let (status, large) = get("GET", "/large").await;
+        assert_eq!((status, large.len()), (200, 1 << 20), "round {round}");
+        assert!(large.as_bytes().chunks(16).all(|chunk| chunk == LARGE_PATTERN), "the large body came back altered");
         // Bodies sent with hyper's client hand their connection back once done; that happens in its task.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
