@@ -43,7 +43,9 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 
 /// A connection to a backend, plain or TLS.
 pub enum BackendIo {
+    /// Plain TCP.
     Plain(TcpStream),
+    /// TLS to the backend (re-encryption); boxed, as the TLS state is large.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
@@ -113,12 +115,14 @@ pub enum ExchangeError {
 
 /// A response head and how its body is framed.
 pub struct ResponseHead {
+    /// Status, version and headers (hop-by-hop framing headers removed).
     pub response: Response<()>,
     framing: Framing,
     keep_alive: bool,
 }
 
 impl BackendConnection {
+    /// A connection just opened (and, for TLS, handshaken).
     pub fn new(io: BackendIo) -> Self {
         BackendConnection { io, buffer: BytesMut::new(), head: Vec::new(), spans: Vec::new(), read_size: READ_CHUNK }
     }

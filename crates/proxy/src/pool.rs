@@ -294,7 +294,9 @@ enum Driven {
 
 /// A backend's response body, from either client; read to its end, its connection returns to the pool.
 pub enum PooledBody {
+    /// Read by Portico's own client ([`crate::h1`]).
     Lean(LeanBody),
+    /// Read by hyper's client connection.
     Driven(DrivenBody),
 }
 
