@@ -94,6 +94,12 @@ async fn backend_tls_policy_reencrypts_and_refuses_an_unknown_ca() {
     let secure = get(vip, "secure.example", "/green").await;
     assert_eq!(secure.status, 200);
     assert_eq!(secure.header("x-testapp-proto"), "https", "the backend received TLS");
+    // The next requests go on the kept TLS connection (checked idle between them, after the backend's
+    // TLS 1.3 session tickets arrived on it).
+    for i in 0..5 {
+        let again = get(vip, "secure.example", "/blue").await;
+        assert_eq!((again.status, again.header("x-testapp-proto")), (200, "https"), "request {i} on a kept connection");
+    }
     assert_eq!(get(vip, "rogue.example", "/green").await.status, 502, "a certificate from another CA is refused");
     // The certificate must carry the policy's hostname, or one of its subjectAltNames when those are given.
     assert_eq!(get(vip, "wrong.example", "/green").await.status, 502, "a certificate without the hostname is refused");
