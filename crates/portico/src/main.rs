@@ -272,6 +272,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Set from `main`, the arena setting comes too late for the arena mimalloc opened before it (set by the
 /// environment, the same two settings gave 119 MiB serving and 179 MiB after updates). Set while one thread
 /// runs; the `MIMALLOC_*` environment variables still win.
+///
+/// Transparent huge pages stay allowed (mimalloc asks for them with `MADV_HUGEPAGE`). They are why the first
+/// update after a start is slow: the heap grows then, and each new 2 MiB page must be found and zeroed by the
+/// kernel. Measured with 10,000 routes, `MIMALLOC_ALLOW_THP=0` against the default, in back-to-back runs of
+/// `bench/run.sh controlplane --routes 10000 --reps 5`:
+/// - the first update took 175 ms instead of 371, and RSS was 119 / 137 MiB (serving / after updates)
+///   instead of 137 / 156;
+/// - but the later updates took 237-260 ms instead of 195-239, so the median was 251 ms instead of 216.
 fn tune_allocator() {
     // mimalloc 3's option numbers (libmimalloc-sys 0.1 does not name these two).
     const OPTIONS: [(libmimalloc_sys::mi_option_t, &str); 2] =
