@@ -123,7 +123,7 @@ async fn connections_the_backend_closed_cost_no_request() {
 /// A backend answering by path with each way RFC 9112 frames a body, written in pieces so that Portico reads
 /// them in several parts: Content-Length, chunked with an extension and a trailer, an interim 103 before the
 /// answer, HEAD and 304 (a length but no body), a POST's body echoed, a body of 1 MiB (read in growing parts),
-/// and an HTTP/1.0 body that runs until the connection closes. Returns the port and the number of connections accepted.
+/// an HTTP/1.0 body that runs until the connection closes, and a chunked body that also claims a length. Returns the port and the number of connections accepted.
 async fn framing_backend() -> (u16, Arc<Mutex<usize>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
@@ -179,6 +179,10 @@ async fn framing_backend() -> (u16, Arc<Mutex<usize>>) {
                             vec![answer]
                         }
                         "/until-close" => vec![b"HTTP/1.0 200 OK\r\n\r\nuntil".to_vec(), b" close".to_vec()],
+                        "/both" => vec![
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(),
+                            b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
+                        ],
                         "/large" => {
                             let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
                             answer.extend(LARGE_PATTERN.iter().cycle().take(1 << 20));
@@ -252,4 +256,9 @@ async fn every_body_framing_arrives_whole_and_keeps_the_connection_in_step() {
     assert_eq!(get("GET", "/until-close").await, (200, "until close".into()));
     assert_eq!(get("GET", "/length").await, (200, "0123456789".into()));
     assert_eq!(*accepted.lock().expect("lock"), 2, "after a body ended by closing, one new connection");
+    // Transfer-Encoding with Content-Length: read as chunked, passed on without the length it overrides, and
+    // the connection is not used again (RFC 9112 section 6.3).
+    assert_eq!(get("GET", "/both").await, (200, "hello".into()));
+    assert_eq!(get("GET", "/length").await, (200, "0123456789".into()));
+    assert_eq!(*accepted.lock().expect("lock"), 3, "the connection of an ambiguous response was kept");
 }

@@ -165,7 +165,10 @@ impl BackendConnection {
                 continue;
             }
             let framing = framing(request.method(), status, &noted)?;
-            let keep_alive = !matches!(framing, Framing::UntilClose) && noted.keeps_alive(version);
+            // Both Transfer-Encoding and Content-Length may be an attempt at response splitting (RFC 9112
+            // section 6.3): the body is read by Transfer-Encoding, and the connection is not used again.
+            let ambiguous = noted.chunked.is_some() && noted.content_length.is_some();
+            let keep_alive = !matches!(framing, Framing::UntilClose) && !ambiguous && noted.keeps_alive(version);
             let mut response = Response::new(());
             *response.status_mut() = status;
             *response.headers_mut() = headers;
@@ -280,6 +283,11 @@ fn parse_response_head(
         map.append(name, value);
     }
     let version = if version == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    if noted.chunked.is_some() {
+        // Transfer-Encoding overrides Content-Length, and a proxy must remove the latter before passing the
+        // response on (RFC 9112 section 6.3); the client would otherwise be told a length the body is not.
+        map.remove(CONTENT_LENGTH);
+    }
     if noted.names_others {
         // The proxy's hop-by-hop filter removes the headers that Connection lists; it needs Connection for that.
         for value in head[..].split(|&b| b == b'\n').filter_map(|line| connection_value(line)) {
@@ -600,6 +608,10 @@ mod tests {
         let listed =
             head("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n").expect("valid").expect("complete");
         assert_eq!(listed.2.get("connection").map(|v| v.as_bytes()), Some(&b"x-hop"[..]), "kept for the hop filter");
+        let both = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let (_, _, headers, noted) = both.expect("valid").expect("complete");
+        assert!(!headers.contains_key("content-length"), "a Content-Length that Transfer-Encoding overrides was kept");
+        assert_eq!(noted.chunked, Some(true));
     }
 
     #[test]
