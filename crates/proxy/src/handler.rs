@@ -564,7 +564,8 @@ async fn forward(
     for attempt in 0..attempts {
         if attempt > 0 {
             let backoff = retry.map_or(0, |r| r.backoff_ms) << (attempt - 1).min(6);
-            tokio::time::sleep(Duration::from_millis(backoff)).await;
+            // Boxed, as the wait below: rarely needed, and this future's size is copied on every request.
+            Box::pin(tokio::time::sleep(Duration::from_millis(backoff))).await;
         }
         let Some(pick) = pool.pick(peer.ip(), &parts.headers) else {
             return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint for this route");
@@ -578,7 +579,12 @@ async fn forward(
         *upstream_request.headers_mut() =
             if attempts == 1 { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
         // Waits when the pool has its limit of requests in flight; held until the response body is done.
-        let Ok(permit) = pool.in_flight.clone().acquire_owned().await else {
+        let permit = match pool.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Box::pin(pool.in_flight.clone().acquire_owned()).await.ok(),
+            Err(tokio::sync::TryAcquireError::Closed) => None,
+        };
+        let Some(permit) = permit else {
             return error_response(grpc, StatusCode::SERVICE_UNAVAILABLE, "pool closed");
         };
         let sending = Limited::new(pool.client.send(endpoint, upstream_request), route.timeouts.backend_request_ms);
