@@ -288,21 +288,7 @@ fn parse_response_head(
         // response on (RFC 9112 section 6.3); the client would otherwise be told a length the body is not.
         map.remove(CONTENT_LENGTH);
     }
-    if noted.names_others {
-        // The proxy's hop-by-hop filter removes the headers that Connection lists; it needs Connection for that.
-        for value in head[..].split(|&b| b == b'\n').filter_map(|line| connection_value(line)) {
-            if let Ok(value) = HeaderValue::from_bytes(value) {
-                map.append(CONNECTION, value);
-            }
-        }
-    }
     Ok(Some((status, version, map, noted)))
-}
-
-/// The value of a head line if it is a Connection header.
-fn connection_value(line: &[u8]) -> Option<&[u8]> {
-    let colon = line.iter().position(|&b| b == b':')?;
-    line[..colon].eq_ignore_ascii_case(b"connection").then(|| line[colon + 1..].trim_ascii())
 }
 
 /// What a response's framing headers say (Content-Length, Transfer-Encoding, Connection), noted while its
@@ -318,13 +304,12 @@ pub(crate) struct FramingHeaders {
     close: bool,
     /// Connection names `keep-alive`.
     keep_alive: bool,
-    /// Connection names other headers (to be removed as hop-by-hop).
-    names_others: bool,
 }
 
 impl FramingHeaders {
     /// Notes one header. Returns whether it belongs in the response passed on: Transfer-Encoding, Keep-Alive
-    /// and Connection concern this hop only (a Connection that names other headers is added back).
+    /// and Connection concern this hop only, but a Connection that names other headers is kept, for the
+    /// proxy's hop-by-hop filter to remove those.
     fn note(&mut self, name: &[u8], value: &[u8]) -> bool {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty());
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -345,16 +330,17 @@ impl FramingHeaders {
             }
             false
         } else if name.eq_ignore_ascii_case(b"connection") {
+            let mut names_others = false;
             for token in tokens() {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     self.keep_alive = true;
                 } else {
-                    self.names_others = true;
+                    names_others = true;
                 }
             }
-            false
+            names_others
         } else {
             !name.eq_ignore_ascii_case(b"keep-alive")
         }
