@@ -557,7 +557,8 @@ async fn forward(
     // Retries need the request again: only requests without a body are retried.
     let retry = route.retry.as_ref().filter(|_| body.is_end_stream() && !upgrade);
     let attempts = 1 + retry.map_or(0, |r| r.attempts);
-    let mut body = Some(body.map_err(BoxError::from).boxed());
+    // An empty body is replaced by one that needs no allocation to box (most requests have none).
+    let mut body = Some(if body.is_end_stream() { empty_body() } else { body.map_err(BoxError::from).boxed() });
     let mut last_error = None;
     // A backend's answer beats a later connection failure as what the client is told.
     let mut last_status = None;
