@@ -142,13 +142,8 @@ impl KubernetesProvider {
                     continue;
                 }
                 pending = false;
-                // Copying 10,000 decoded objects into a snapshot takes tens of milliseconds: on the blocking
-                // pool, not on a runtime worker, which serves requests meanwhile.
-                let Ok((returned, mut loaded)) = tokio::task::spawn_blocking(move || {
-                    let loaded = snapshot(&objects);
-                    (objects, loaded)
-                })
-                .await
+                // Copying 10,000 decoded objects into a snapshot takes tens of milliseconds.
+                let Some((returned, mut loaded)) = crate::on_blocking_pool(objects, |objects| snapshot(objects)).await
                 else {
                     return;
                 };

@@ -258,14 +258,24 @@ impl FileProvider {
     /// [`FileProvider::load`] on the blocking pool. Reading and parsing thousands of manifests (or cloning
     /// the 10,000 objects of the unchanged files) took 40-400 ms of a runtime worker, during which the requests
     /// on that worker waited. `None` if the load panicked.
-    async fn load_off_runtime(mut self) -> Option<(Self, Result<Loaded, ProviderError>)> {
-        tokio::task::spawn_blocking(move || {
-            let loaded = self.load();
-            (self, loaded)
-        })
-        .await
-        .ok()
+    async fn load_off_runtime(self) -> Option<(Self, Result<Loaded, ProviderError>)> {
+        on_blocking_pool(self, Self::load).await
     }
+}
+
+/// Runs `work` on `state` on the blocking pool, not on a runtime worker (which serves requests meanwhile), and
+/// gives the state back with the result; `None` if `work` panicked.
+pub(crate) async fn on_blocking_pool<S, T>(mut state: S, work: fn(&mut S) -> T) -> Option<(S, T)>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let result = work(&mut state);
+        (state, result)
+    })
+    .await
+    .ok()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 use crate::h1::{BackendConnection, BackendIo, ExchangeError, FramingHeaders, LeanBody};
 use crate::handler::{BoxError, ProxyBody, head_only_copy};
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -128,7 +129,7 @@ impl Http1Pool {
         self: &Arc<Self>,
         endpoint: SocketAddr,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let lean = request.body().is_end_stream() && !request.headers().contains_key(http::header::UPGRADE);
         let mut stale = 0;
         loop {
@@ -143,7 +144,7 @@ impl Http1Pool {
                 match connection.exchange(&request).await {
                     Ok(head) => {
                         let response = LeanBody::response(connection, head, self.clone(), endpoint);
-                        return Ok(response.map(PooledBody::Lean));
+                        return Ok(response.map(UpstreamBody::Lean));
                     }
                     // A kept connection may have been closed by the backend a moment ago, unnoticed yet: the
                     // request went into a dead socket. Like nginx (`proxy_next_upstream error`), a request that
@@ -194,7 +195,7 @@ impl Http1Pool {
                 // A response that closes its connection leaves nothing to put back.
                 let done = FramingHeaders::of(&parts.headers).keeps_alive(parts.version).then_some(done);
                 let body = DrivenBody { body, sender: Some(sender), done };
-                Driven::Sent(Response::from_parts(parts, PooledBody::Driven(body.ended_if_empty())))
+                Driven::Sent(Response::from_parts(parts, UpstreamBody::Driven(body.ended_if_empty())))
             }
             Err(mut error) => match (error.take_message(), replay) {
                 // Not written at all: try another connection.
@@ -286,44 +287,10 @@ impl Http1Pool {
 
 /// How a request sent through hyper's client ended.
 enum Driven {
-    Sent(Response<PooledBody>),
+    Sent(Response<UpstreamBody>),
     /// The request may go again on another connection (not sent, or safe to send twice).
     Again(Request<ProxyBody>),
     Failed(UpstreamError),
-}
-
-/// A backend's response body, from either client; read to its end, its connection returns to the pool.
-pub enum PooledBody {
-    /// Read by Portico's own client ([`crate::h1`]).
-    Lean(LeanBody),
-    /// Read by hyper's client connection.
-    Driven(DrivenBody),
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            PooledBody::Lean(body) => Pin::new(body).poll_frame(cx),
-            PooledBody::Driven(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            PooledBody::Lean(body) => body.is_end_stream(),
-            PooledBody::Driven(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            PooledBody::Lean(body) => body.size_hint(),
-            PooledBody::Driven(body) => body.size_hint(),
-        }
-    }
 }
 
 /// Methods that mean the same when sent twice (RFC 9110 section 9.2.2).

@@ -2,8 +2,9 @@
 //! hyper-util's client; plain or TLS (re-encryption).
 
 use crate::ProxyError;
+use crate::h1::LeanBody;
 use crate::handler::{BoxError, ProxyBody};
-use crate::pool::{Http1Pool, PooledBody, UpstreamError, error_chain};
+use crate::pool::{DrivenBody, Http1Pool, UpstreamError, error_chain};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -37,7 +38,7 @@ impl Upstream {
         mut request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self {
-            Upstream::Http1(pool) => Ok(pool.send(endpoint, request).await?.map(UpstreamBody::Http1)),
+            Upstream::Http1(pool) => pool.send(endpoint, request).await,
             Upstream::Http2 { client, scheme } => {
                 // hyper-util's client finds the connection by the URI's scheme and authority.
                 let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -55,9 +56,13 @@ impl Upstream {
     }
 }
 
-/// A backend's response body, either kind.
+/// A backend's response body, from whichever client read it.
 pub enum UpstreamBody {
-    Http1(PooledBody),
+    /// HTTP/1.1, read by Portico's own client ([`crate::h1`]); read to its end, its connection returns to the
+    /// pool.
+    Lean(LeanBody),
+    /// HTTP/1.1, read by hyper's client connection (a request with a body, an upgrade); likewise.
+    Driven(DrivenBody),
     Http2(Incoming),
 }
 
@@ -67,21 +72,24 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Lean(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Driven(body) => Pin::new(body).poll_frame(cx),
             UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Lean(body) => body.is_end_stream(),
+            UpstreamBody::Driven(body) => body.is_end_stream(),
             UpstreamBody::Http2(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Lean(body) => body.size_hint(),
+            UpstreamBody::Driven(body) => body.size_hint(),
             UpstreamBody::Http2(body) => body.size_hint(),
         }
     }
