@@ -425,25 +425,47 @@ def check_proxy(name):
 # Load generators
 
 
-class Sampler:
-    """Samples a process tree's RSS every 0.2 s while a load generator runs; keeps the maximum."""
+class Background:
+    """Runs `run` on a daemon thread from `start` (or the start of a `with`) to `stop`; `run` returns once
+    `self.stopping` is set."""
 
-    def __init__(self, proc):
-        self.proc, self.max_kb, self._stop = proc, 0, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+    join_timeout = 10
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.max_kb = max(self.max_kb, self.proc.rss_kb())
-            self._stop.wait(0.2)
+    def __init__(self):
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def __enter__(self):
+    def run(self):
+        raise NotImplementedError
+
+    def start(self):
         self.thread.start()
         return self
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join(timeout=5)
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=self.join_timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_):
+        self.stop()
+
+
+class Sampler(Background):
+    """Samples a process tree's RSS every 0.2 s while a load generator runs; keeps the maximum."""
+
+    join_timeout = 5
+
+    def __init__(self, proc):
+        super().__init__()
+        self.proc, self.max_kb = proc, 0
+
+    def run(self):
+        while not self.stopping.is_set():
+            self.max_kb = max(self.max_kb, self.proc.rss_kb())
+            self.stopping.wait(0.2)
 
 
 def load_env(tls_version=None):
@@ -950,23 +972,14 @@ def controlplane_scenario(args, work, results):
             stop(proc)
 
 
-class SteadyClient:
+class SteadyClient(Background):
     """One keep-alive connection sending GET after GET (every 5 ms) to an unchanged route, from a thread, while
     the configuration changes; records each request's latency and counts failures."""
 
     def __init__(self, address, hostname):
+        super().__init__()
         self.address, self.hostname = address, hostname
         self.latencies, self.failures = [], 0
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.stopping.set()
-        self.thread.join(timeout=10)
 
     def run(self):
         connection = http.client.HTTPConnection(self.address, 80, timeout=5)
@@ -1308,15 +1321,17 @@ def busy_elsewhere():
     return busy
 
 
-class LoadWatcher:
+class LoadWatcher(Background):
     """Every 15 s during the run: the 1-minute load average and the busy processes that are not ours."""
 
-    def __init__(self):
-        self.max_load, self.seen, self._stop = 0.0, {}, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+    join_timeout = 20
 
-    def _run(self):
-        while not self._stop.is_set():
+    def __init__(self):
+        super().__init__()
+        self.max_load, self.seen = 0.0, {}
+
+    def run(self):
+        while not self.stopping.is_set():
             self.max_load = max(self.max_load, float(Path("/proc/loadavg").read_text().split()[0]))
             ours = {str(p.pid) for p in STARTED}
             for entry in busy_elsewhere():
@@ -1324,14 +1339,7 @@ class LoadWatcher:
                 if name not in ("wrk", "h2load", "dnsperf", "openssl", "nginx", "haproxy", "named", "knotd",
                                 "portico", "taskset", "nice") and name not in ours:
                     self.seen[name] = self.seen.get(name, 0) + 1
-            self._stop.wait(15)
-
-    def start(self):
-        self.thread.start()
-
-    def stop(self):
-        self._stop.set()
-        self.thread.join(timeout=20)
+            self.stopping.wait(15)
 
 
 def versions(args):
