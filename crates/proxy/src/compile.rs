@@ -18,10 +18,15 @@ pub struct Compiled {
 pub struct CompiledListener {
     pub name: Arc<str>,
     pub protocol: Protocol,
-    pub hosts: Vec<CompiledHost>,
-    pub certificates: Vec<(Option<String>, Arc<CertifiedKey>)>,
-    /// TLS routes by server name, most specific first.
-    pub tls_routes: Vec<CompiledTlsRoute>,
+    /// Each virtual host's routes, in the order they are tried.
+    pub hosts: HostTable<Vec<CompiledRoute>>,
+    /// Certificates by server name.
+    pub certificates: HostTable<Arc<CertifiedKey>>,
+    /// The certificate for clients whose server name matches none: the one configured without a hostname, or
+    /// else the first.
+    pub default_certificate: Option<Arc<CertifiedKey>>,
+    /// TLS routes by server name.
+    pub tls_routes: HostTable<CompiledTlsRoute>,
     /// The listener's latency histogram, once found.
     pub latency: CounterSlot<Histogram>,
     /// The counter of requests that matched no route, once found.
@@ -31,15 +36,54 @@ pub struct CompiledListener {
 impl CompiledListener {
     /// The TLS route for a server name (or for clients that send none, the `*` route).
     pub fn tls_route(&self, server_name: Option<&str>) -> Option<&CompiledTlsRoute> {
-        let name = server_name.unwrap_or("");
-        self.tls_routes.iter().find(|r| r.pattern.matches(name))
+        self.tls_routes.find(server_name.unwrap_or(""))
+    }
+
+    /// The certificate for a (lower-case) server name.
+    pub fn certificate(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        server_name.and_then(|name| self.certificates.find(name)).or(self.default_certificate.as_ref())
     }
 }
 
-/// A TLS route: server name pattern and weighted pools.
+/// Values by host name, found the way the Gateway API ranks hostnames: the exact name first, then the wildcard
+/// with the longest suffix, then `*`. Exact names are hashed: with 10,000 virtual hosts tried in order, the last
+/// one answered 3.7 times fewer requests per second than the first.
+pub struct HostTable<T> {
+    exact: HashMap<Box<str>, T, foldhash::fast::RandomState>,
+    /// `*.suffix` and `*` entries, in the order given (most specific first).
+    wildcards: Vec<(HostPattern, T)>,
+}
+
+impl<T> HostTable<T> {
+    /// A table of hostnames (exact, `*.suffix` or `*`) and values, wildcards most specific first, as the
+    /// translator orders them. Of two entries for one name, the first is kept.
+    pub fn new(entries: impl IntoIterator<Item = (HostPattern, T)>) -> Self {
+        let mut table = HostTable { exact: HashMap::default(), wildcards: Vec::new() };
+        for (pattern, value) in entries {
+            match pattern {
+                HostPattern::Exact(name) => drop(table.exact.entry(name.into_boxed_str()).or_insert(value)),
+                wildcard => table.wildcards.push((wildcard, value)),
+            }
+        }
+        table
+    }
+
+    /// The value for a (lower-case, port-less) host.
+    pub fn find(&self, host: &str) -> Option<&T> {
+        // An empty map is not hashed into (a listener serving only `*` pays nothing).
+        let exact = if self.exact.is_empty() { None } else { self.exact.get(host) };
+        exact.or_else(|| self.wildcards.iter().find(|(pattern, _)| pattern.matches(host)).map(|(_, value)| value))
+    }
+
+    /// Whether the table has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcards.is_empty()
+    }
+}
+
+/// A TLS route: weighted pools, and whether the connection passes through undecrypted.
 pub struct CompiledTlsRoute {
     pub name: Arc<str>,
-    pub pattern: HostPattern,
     pub passthrough: bool,
     pub pools: WeightedPools,
 }
@@ -101,12 +145,6 @@ impl HostPattern {
             HostPattern::Any => true,
         }
     }
-}
-
-/// A virtual host.
-pub struct CompiledHost {
-    pub pattern: HostPattern,
-    pub routes: Vec<CompiledRoute>,
 }
 
 /// A compiled string condition.
@@ -255,37 +293,43 @@ impl Compiled {
         }
         let mut listeners = HashMap::default();
         for listener in &ir.listeners {
-            let mut hosts = Vec::new();
+            let mut hosts = Vec::with_capacity(listener.virtual_hosts.len());
             for vhost in &listener.virtual_hosts {
-                let mut routes = Vec::new();
+                // Sized exactly: most hosts have one route, and a CompiledRoute is large (with 10,000 hosts,
+                // growing each Vec from empty was two thirds of this function's time, most of it page faults).
+                let mut routes = Vec::with_capacity(vhost.routes.len());
                 for route in &vhost.routes {
                     routes.push(compile_route(route, &pools)?);
                 }
-                hosts.push(CompiledHost { pattern: HostPattern::new(&vhost.hostname), routes });
+                hosts.push((HostPattern::new(&vhost.hostname), routes));
             }
-            let tls_routes = listener
-                .tls_routes
-                .iter()
-                .map(|r| CompiledTlsRoute {
+            let tls_routes = listener.tls_routes.iter().map(|r| {
+                let route = CompiledTlsRoute {
                     name: Arc::from(r.name.as_str()),
-                    pattern: HostPattern::new(&r.hostname),
                     passthrough: r.passthrough,
                     pools: WeightedPools::new(&r.backends, &pools),
-                })
-                .collect();
-            let certs = listener
+                };
+                (HostPattern::new(&r.hostname), route)
+            });
+            let certs: Vec<(Option<&str>, &Arc<CertifiedKey>)> = listener
                 .certificates
                 .iter()
-                .filter_map(|c| certificates.get(&c.certificate).map(|k| (c.hostname.clone(), k.clone())))
+                .filter_map(|c| certificates.get(&c.certificate).map(|k| (c.hostname.as_deref(), k)))
                 .collect();
+            let default_certificate =
+                certs.iter().find(|(hostname, _)| hostname.is_none()).or(certs.first()).map(|(_, k)| Arc::clone(k));
+            let certs = HostTable::new(
+                certs.iter().filter_map(|(hostname, k)| hostname.map(|h| (HostPattern::new(h), Arc::clone(k)))),
+            );
             listeners.insert(
                 SocketAddr::new(listener.address, listener.port),
                 CompiledListener {
                     name: Arc::from(listener.name.as_str()),
                     protocol: listener.protocol,
-                    hosts,
+                    hosts: HostTable::new(hosts),
                     certificates: certs,
-                    tls_routes,
+                    default_certificate,
+                    tls_routes: HostTable::new(tls_routes),
                     latency: CounterSlot::new(),
                     unrouted: CounterSlot::new(),
                 },
@@ -366,6 +410,27 @@ mod tests {
         assert!(p.matches("/pink/x"));
         assert!(!p.matches("/pinky"));
         assert!(PathMatcher::Prefix(String::new()).matches("/anything"));
+    }
+
+    #[test]
+    fn host_tables_rank_exact_then_longest_suffix_then_any() {
+        // In the translator's order: exact names, wildcards longest suffix first, then `*`.
+        let table = HostTable::new(
+            ["a.example.com", "b.example.com", "a.example.com", "*.deep.example.com", "*.example.com", "*"]
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (HostPattern::new(h), i)),
+        );
+        assert_eq!(table.find("a.example.com"), Some(&0), "the first entry of a repeated name wins");
+        assert_eq!(table.find("b.example.com"), Some(&1));
+        assert_eq!(table.find("x.deep.example.com"), Some(&3), "the longer suffix wins");
+        assert_eq!(table.find("c.example.com"), Some(&4));
+        assert_eq!(table.find("example.com"), Some(&5), "a wildcard needs a label in front");
+        assert_eq!(table.find(""), Some(&5), "`*` answers clients that send no name");
+        let without_any = HostTable::new([(HostPattern::new("a.example.com"), 0)]);
+        assert_eq!(without_any.find("b.example.com"), None);
+        assert!(!without_any.is_empty());
+        assert!(HostTable::<u8>::new([]).is_empty());
     }
 
     #[test]

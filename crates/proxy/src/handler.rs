@@ -104,8 +104,8 @@ fn find_route<'a>(
     let query = request.uri().query();
     // The most specific matching host owns the request: if none of its routes match, the answer is 404 and
     // less specific hosts are not consulted, as in the Gateway API.
-    let vhost = listener.hosts.iter().find(|h| h.pattern.matches(host))?;
-    vhost.routes.iter().find(|route| {
+    let routes = listener.hosts.find(host)?;
+    routes.iter().find(|route| {
         route.path.matches(path)
             && route.method.as_ref().is_none_or(|m| m == request.method())
             && route.headers.iter().all(|(name, m)| {

@@ -52,21 +52,7 @@ impl ResolvesServerCert for SniResolver {
         let compiled = self.state.load();
         let listener = compiled.listeners.get(&self.address)?;
         let name = hello.server_name().map(|n| n.to_ascii_lowercase());
-        let certificates = &listener.certificates;
-        if let Some(name) = &name {
-            let exact = certificates.iter().find(|(h, _)| h.as_deref() == Some(name.as_str()));
-            let wildcard = || {
-                certificates.iter().find(|(h, _)| {
-                    h.as_deref()
-                        .and_then(|h| h.strip_prefix('*'))
-                        .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
-                })
-            };
-            if let Some((_, key)) = exact.or_else(wildcard) {
-                return Some(key.clone());
-            }
-        }
-        certificates.iter().find(|(h, _)| h.is_none()).or(certificates.first()).map(|(_, key)| key.clone())
+        listener.certificate(name.as_deref()).cloned()
     }
 }
 
