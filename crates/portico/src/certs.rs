@@ -14,6 +14,7 @@ use portico_resources::status::{Condition, ResourceStatus};
 use portico_resources::{Kind, ObjectKey, Resource, ResourceRef, Snapshot};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const CLUSTER_ISSUER_ANNOTATION: &str = "cert-manager.io/cluster-issuer";
@@ -165,7 +166,7 @@ impl CertManager {
         }
         let mut displaced = Vec::new();
         for (key, (secret_name, issued, issuer_ref)) in &self.issued {
-            let resource = Resource::Secret(secret(key, secret_name, issued, issuer_ref));
+            let resource = Resource::Secret(Arc::new(secret(key, secret_name, issued, issuer_ref)));
             let reference = resource.resource_ref();
             let original = snapshot.get(&reference).map(|r| (r, snapshot.sources.get(&reference).cloned()));
             snapshot.insert(resource, None);
@@ -537,7 +538,8 @@ fn secret(certificate: &ObjectKey, secret_name: &str, issued: &Issued, issuer: &
 /// from annotated Ingresses (one per `tls[]` entry) and Gateways (one per referenced Secret, with the
 /// hostnames of the listeners that use it; listeners without a hostname and Passthrough ones are skipped).
 pub fn wanted_certificates(snapshot: &Snapshot) -> BTreeMap<ObjectKey, Certificate> {
-    let mut wanted: BTreeMap<ObjectKey, Certificate> = snapshot.certificates.clone();
+    let mut wanted: BTreeMap<ObjectKey, Certificate> =
+        snapshot.certificates.iter().map(|(key, certificate)| (key.clone(), Certificate::clone(certificate))).collect();
     let issuer_of = |meta: &ObjectMeta| -> Option<IssuerRef> {
         let annotations = meta.annotations.as_ref()?;
         let (name, kind) = match (annotations.get(CLUSTER_ISSUER_ANNOTATION), annotations.get(ISSUER_ANNOTATION)) {

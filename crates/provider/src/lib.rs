@@ -139,8 +139,8 @@ impl FileProvider {
             loaded.files += 1;
             let shown = path.display().to_string();
             let Some(parsed) = self.parse(&path, &shown, &text) else {
-                // Unchanged since its last clean parse: its objects go from the cache into the snapshot, cloned
-                // once (with 10,000 routes, cloning them twice cost more than translating them).
+                // Unchanged since its last clean parse: its objects go from the cache into the snapshot (shared,
+                // not copied).
                 let resources = self.last_good.get(&path).map_or(&[][..], Vec::as_slice);
                 if let Some(same) = self.unchanged.get(&path) {
                     loaded.diagnostics.extend(same.diagnostics.iter().cloned());

@@ -207,7 +207,7 @@ pub fn parse_manifests(file: &str, text: &str, default_namespace: &str) -> Parse
         }
         let source = Source { file: file_name.clone(), line: document.line, text: Arc::from(document.text) };
         match decode(value, default_namespace) {
-            Decoded::Resource(resource) => parsed.resources.push((*resource, source)),
+            Decoded::Resource(resource) => parsed.resources.push((resource, source)),
             Decoded::Ignored(what) => parsed.ignored.push(what),
             Decoded::Failed { resource, field, message } => {
                 let mut diagnostic = match resource {
@@ -228,11 +228,11 @@ pub fn parse_manifests(file: &str, text: &str, default_namespace: &str) -> Parse
 
 /// Decodes one object as the API server (or a manifest) gives it. `Ok(None)` for kinds Portico does not read;
 /// an error names the resource and field.
-// The error is as large as the Resource it replaces; both are built once per object per snapshot.
+// The error is built once per broken object per load; boxing it would only move the allocation.
 #[allow(clippy::result_large_err)]
 pub fn decode_object(value: serde_json::Value, default_namespace: &str) -> Result<Option<Resource>, Diagnostic> {
     match decode(value, default_namespace) {
-        Decoded::Resource(resource) => Ok(Some(*resource)),
+        Decoded::Resource(resource) => Ok(Some(resource)),
         Decoded::Ignored(_) => Ok(None),
         Decoded::Failed { resource: Some(resource), field, message } => {
             Err(Diagnostic::error(resource, field, message))
@@ -276,7 +276,7 @@ fn describe_yaml_error(error: &serde_norway::Error) -> (usize, String) {
 }
 
 enum Decoded {
-    Resource(Box<Resource>),
+    Resource(Resource),
     Ignored(String),
     Failed { resource: Option<ResourceRef>, field: String, message: String },
 }
@@ -331,16 +331,18 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
     let fail = |(field, message)| Decoded::Failed { resource: Some(reference.clone()), field, message };
     let resource = match kind {
         Kind::Namespace => typed(value).map(Resource::Namespace),
-        Kind::Secret => typed(value).map(|mut secret: k8s_openapi::api::core::v1::Secret| {
-            // `stringData` is write-only on the API server: fold it into `data` as it does.
-            if let Some(strings) = secret.string_data.take() {
-                let data = secret.data.get_or_insert_with(Default::default);
-                for (key, text) in strings {
-                    data.insert(key, k8s_openapi::ByteString(text.into_bytes()));
+        Kind::Secret => serde_path_to_error::deserialize(value).map_err(field_error).map(
+            |mut secret: k8s_openapi::api::core::v1::Secret| {
+                // `stringData` is write-only on the API server: fold it into `data` as it does.
+                if let Some(strings) = secret.string_data.take() {
+                    let data = secret.data.get_or_insert_with(Default::default);
+                    for (key, text) in strings {
+                        data.insert(key, k8s_openapi::ByteString(text.into_bytes()));
+                    }
                 }
-            }
-            Resource::Secret(secret)
-        }),
+                Resource::Secret(Arc::new(secret))
+            },
+        ),
         Kind::ConfigMap => typed(value).map(Resource::ConfigMap),
         Kind::Service => typed(value).map(Resource::Service),
         Kind::EndpointSlice => typed(value).map(Resource::EndpointSlice),
@@ -361,16 +363,19 @@ fn decode(mut value: serde_json::Value, default_namespace: &str) -> Decoded {
         Kind::Issuer => typed(value).map(Resource::Issuer),
         Kind::ClusterIssuer => typed(value).map(Resource::ClusterIssuer),
     };
-    resource.map_or_else(fail, |r| Decoded::Resource(Box::new(r)))
+    resource.map_or_else(fail, Decoded::Resource)
 }
 
-/// Decodes into a kind's type, reporting the path of the field that did not fit.
-fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
-        let path = error.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        (field, error.into_inner().to_string())
-    })
+/// Decodes into a kind's type, shared, reporting the path of the field that did not fit.
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<Arc<T>, (String, String)> {
+    serde_path_to_error::deserialize(value).map(Arc::new).map_err(field_error)
+}
+
+/// The path of the field that did not fit, and why.
+fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> (String, String) {
+    let path = error.path().to_string();
+    let field = if path == "." { String::new() } else { path };
+    (field, error.into_inner().to_string())
 }
 
 #[cfg(test)]

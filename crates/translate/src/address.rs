@@ -35,7 +35,7 @@ impl Context<'_> {
     fn published_addresses(&self) -> Option<Vec<IpAddr>> {
         let key = self.options.publish_service.as_deref()?;
         let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
-        Some(load_balancer_ips(self.snapshot.services.get(&ObjectKey::new(namespace, name))))
+        Some(load_balancer_ips(self.snapshot.services.get(&ObjectKey::new(namespace, name)).map(AsRef::as_ref)))
     }
 
     /// The addresses Ingresses report.
@@ -121,7 +121,7 @@ pub fn gateway_address(
         let service = managed_service(cx, key, gateway, &namespace);
         let service_key = ObjectKey::new(&namespace, service.metadata.name.as_deref().unwrap_or_default());
         cx.out.gateway_services.push(service);
-        let ips = load_balancer_ips(cx.snapshot.services.get(&service_key));
+        let ips = load_balancer_ips(cx.snapshot.services.get(&service_key).map(AsRef::as_ref));
         return if ips.is_empty() {
             Assigned::Waiting(format!("waiting for the LoadBalancer Service {service_key} to get an address"))
         } else {

@@ -142,8 +142,13 @@ pub fn translate_gateways(cx: &mut Context<'_>) -> Vec<GatewayInfo> {
             ResourceStatus::GatewayClass { conditions: vec![condition], supported_features },
         );
     }
-    let mut gateways: Vec<(&ObjectKey, &Gateway)> =
-        cx.snapshot.gateways.iter().filter(|(_, g)| ours.iter().any(|c| c.name == g.spec.gateway_class_name)).collect();
+    let mut gateways: Vec<(&ObjectKey, &Gateway)> = cx
+        .snapshot
+        .gateways
+        .iter()
+        .filter(|(_, g)| ours.iter().any(|c| c.name == g.spec.gateway_class_name))
+        .map(|(key, g)| (key, g.as_ref()))
+        .collect();
     gateways.sort_by_key(|(key, g)| (g.metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
     let pool = crate::address::assign_pool(&cx.options.gateway_address_pool, &gateways);
     gateways.into_iter().map(|(key, gateway)| translate_gateway(cx, key, gateway, &pool)).collect()

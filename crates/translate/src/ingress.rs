@@ -43,7 +43,7 @@ fn classes(cx: &Context<'_>) -> (Vec<String>, Option<String>) {
 /// Translates every Ingress of one of Portico's classes.
 pub fn translate_ingresses(cx: &mut Context<'_>) {
     let (ours, default) = classes(cx);
-    let ingresses: Vec<(&ObjectKey, &Ingress)> = cx.snapshot.ingresses.iter().collect();
+    let ingresses: Vec<(&ObjectKey, &Ingress)> = cx.snapshot.ingresses.iter().map(|(k, i)| (k, i.as_ref())).collect();
     for (key, ingress) in ingresses {
         let spec = ingress.spec.clone().unwrap_or_default();
         let legacy = ingress.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).cloned();
