@@ -213,7 +213,17 @@ impl Controller {
         tracing::info!(generation, listeners = ir.listeners.len(), pools = ir.pools.len(), "configuration applied");
         self.last_loaded = Some(Arc::new(loaded));
         self.view.store(Arc::new(View { generation, ir: Arc::new(ir), status, ready: true, dns }));
-        release_freed_memory();
+        // The memory the replaced configuration held goes back to the kernel once changes settle, not at once:
+        // the next change in a burst reuses it. Returned at each change, it had to be faulted in and zeroed
+        // again by the next one: with 10,000 routes, 11,000 page faults per change and 148 ms from change to
+        // serving, against 107 ms with the memory kept (107 MiB RSS settled, 187 MiB never returned).
+        let view = self.view.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_MEMORY_AFTER).await;
+            if view.load().generation == generation {
+                release_freed_memory();
+            }
+        });
     }
 }
 
@@ -268,6 +278,10 @@ pub fn translate_keeping_last_good(
     let served = translate(&served, options);
     (translation, Some(served), kept)
 }
+
+/// How long after the last configuration change freed memory is given back (see the allocator's purge delay in
+/// main.rs, which is longer, so that this is what returns it).
+const RELEASE_MEMORY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Gives the memory the previous configuration held back to the system: after a large configuration is
 /// replaced, what the allocator keeps is the size of a whole copy of it (with 10,000 routes and glibc's malloc,
