@@ -302,10 +302,11 @@ fn apply_event(
 
 fn snapshot(objects: &Objects) -> Loaded {
     let mut loaded = Loaded::default();
+    let mut resources = Vec::new();
     for (kind, items) in objects {
         for object in items.values() {
             match &object.decoded {
-                Ok(Some(resource)) => loaded.snapshot.insert(resource.clone(), None),
+                Ok(Some(resource)) => resources.push((resource.clone(), None)),
                 Ok(None) => {}
                 Err(diagnostic) => {
                     let mut diagnostic = diagnostic.clone();
@@ -315,6 +316,8 @@ fn snapshot(objects: &Objects) -> Loaded {
             }
         }
     }
+    // One object per kind, namespace and name: nothing is replaced.
+    loaded.snapshot = portico_resources::Snapshot::from_objects(resources).0;
     loaded
 }
 

@@ -7,7 +7,7 @@
 pub mod kubernetes;
 pub mod lease;
 
-use portico_resources::{Diagnostic, Resource, ResourceRef, Severity, Snapshot, Source, parse_manifests};
+use portico_resources::{Diagnostic, Replaced, Resource, ResourceRef, Severity, Snapshot, Source, parse_manifests};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,21 +64,23 @@ pub enum ProviderError {
     Kubernetes(String),
 }
 
-/// Adds a file's objects to the snapshot; an object already defined by another file is replaced, with a warning.
-fn insert_objects(loaded: &mut Loaded, shown: &str, objects: impl Iterator<Item = (Resource, Source)>) {
-    for (resource, source) in objects {
-        let reference = resource.resource_ref();
-        if loaded.snapshot.sources.get(&reference).is_some_and(|s| s.file != source.file) {
-            loaded.diagnostics.push(Diagnostic {
-                severity: Severity::Warning,
-                file: Some(shown.to_string()),
-                line: Some(source.line),
-                resource: Some(reference),
-                field: None,
-                message: "defined more than once; this later definition is used".into(),
-            });
-        }
-        loaded.snapshot.insert(resource, Some(source));
+/// Builds the snapshot from the objects of every file, in file order; an object that another file defines again
+/// is replaced by the later definition, with a warning.
+fn build_snapshot(loaded: &mut Loaded, objects: Vec<(Resource, Option<Source>)>) {
+    let (snapshot, replaced) = Snapshot::from_objects(objects);
+    loaded.snapshot = snapshot;
+    for Replaced { reference, earlier, later } in replaced {
+        let Some(later) = later.filter(|later| earlier.is_none_or(|earlier| earlier.file != later.file)) else {
+            continue;
+        };
+        loaded.diagnostics.push(Diagnostic {
+            severity: Severity::Warning,
+            file: Some(later.file.to_string()),
+            line: Some(later.line),
+            resource: Some(reference),
+            field: None,
+            message: "defined more than once; this later definition is used".into(),
+        });
     }
 }
 
@@ -129,6 +131,7 @@ impl FileProvider {
         let mut loaded = Loaded::default();
         let files = self.files()?;
         let mut seen = Vec::new();
+        let mut objects = Vec::new();
         for path in files {
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
@@ -148,7 +151,7 @@ impl FileProvider {
                         *loaded.ignored.entry(what.clone()).or_default() += 1;
                     }
                 }
-                insert_objects(&mut loaded, &shown, resources.iter().cloned());
+                objects.extend(resources.iter().map(|(resource, source)| (resource.clone(), Some(source.clone()))));
                 seen.push(path);
                 continue;
             };
@@ -171,17 +174,18 @@ impl FileProvider {
                             field: None,
                             message: "the file has errors; the last good version of this object stays in force".into(),
                         });
-                        loaded.snapshot.insert(resource.clone(), Some(source.clone()));
+                        objects.push((resource.clone(), Some(source.clone())));
                     }
                 }
             }
-            insert_objects(&mut loaded, &shown, parsed.resources.iter().cloned());
+            objects.extend(parsed.resources.iter().map(|(resource, source)| (resource.clone(), Some(source.clone()))));
             // A broken file keeps its previous good set; a file seen broken the first time keeps what it has.
             if !has_errors || !self.last_good.contains_key(&path) {
                 self.last_good.insert(path.clone(), parsed.resources);
             }
             seen.push(path);
         }
+        build_snapshot(&mut loaded, objects);
         self.last_good.retain(|path, _| seen.contains(path));
         self.unchanged.retain(|path, _| seen.contains(path));
         Ok(loaded)
@@ -326,5 +330,28 @@ mod tests {
             assert!(again[0].file.as_deref().is_some_and(|f| f.ends_with("b.yaml")));
         }
         assert_eq!(second.diagnostics.len(), third.diagnostics.len());
+    }
+
+    /// Two files define the same object: the later file's version is used, and the warning points at it.
+    #[test]
+    fn a_later_file_replaces_an_earlier_definition() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let labelled = |label: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n  labels: {{from: {label}}}\n")
+        };
+        std::fs::write(dir.path().join("a.yaml"), labelled("a")).expect("write");
+        std::fs::write(dir.path().join("b.yaml"), format!("{NAMESPACE}---\n{}", labelled("b"))).expect("write");
+        let mut provider = FileProvider::new(vec![dir.path().to_path_buf()], "default");
+        let loaded = provider.load().expect("load");
+        let namespace = loaded.snapshot.namespaces.values().next().expect("the namespace");
+        assert_eq!(loaded.snapshot.namespaces.len(), 1);
+        let labels = namespace.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels.get("from").map(String::as_str), Some("b"), "the last definition wins");
+        let source = loaded.snapshot.sources.values().next().expect("a source");
+        assert!(source.file.ends_with("b.yaml") && source.line == 6, "{source:?}");
+        let again: Vec<_> = loaded.diagnostics.iter().filter(|d| d.message.contains("more than once")).collect();
+        // One warning for a.yaml's definition replaced by b.yaml's first; none within b.yaml.
+        assert_eq!(again.len(), 1, "{:?}", loaded.diagnostics);
+        assert!(again[0].file.as_deref().is_some_and(|f| f.ends_with("b.yaml")), "{again:?}");
     }
 }

@@ -456,7 +456,57 @@ macro_rules! with_kinds {
     };
 }
 
+/// An object that a later definition of the same kind, namespace and name replaced in
+/// [`Snapshot::from_objects`].
+#[derive(Debug)]
+pub struct Replaced {
+    pub reference: ResourceRef,
+    /// Where the replaced definition came from.
+    pub earlier: Option<Source>,
+    /// Where the definition in force came from.
+    pub later: Option<Source>,
+}
+
 impl Snapshot {
+    /// A snapshot of `objects` (with where each came from), in the order given: a later object replaces an
+    /// earlier one of the same kind, namespace and name, and is reported in the second value. Built from the
+    /// sorted objects at once: with 10,000 routes, inserting them one by one was half of each reload.
+    pub fn from_objects(objects: Vec<(Resource, Option<Source>)>) -> (Self, Vec<Replaced>) {
+        let mut keyed: Vec<(ResourceRef, Resource, Option<Source>)> =
+            objects.into_iter().map(|(resource, source)| (resource.resource_ref(), resource, source)).collect();
+        // Stable: of two definitions of one object, the later stays after the earlier.
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut replaced = Vec::new();
+        let mut kept = Vec::with_capacity(keyed.len());
+        let mut objects = keyed.into_iter().peekable();
+        while let Some((reference, resource, source)) = objects.next() {
+            match objects.peek() {
+                Some((next, _, later)) if *next == reference => {
+                    replaced.push(Replaced { reference, earlier: source, later: later.clone() })
+                }
+                _ => kept.push((reference, resource, source)),
+            }
+        }
+        macro_rules! build {
+            ($($field:ident => $kind:ident),* $(,)?) => {{
+                $(let mut $field = Vec::new();)*
+                let mut sources = Vec::with_capacity(kept.len());
+                for (reference, resource, source) in kept {
+                    let key = reference.key.clone();
+                    if let Some(source) = source {
+                        sources.push((reference, source));
+                    }
+                    match resource {
+                        $(Resource::$kind(object) => $field.push((key, object)),)*
+                    }
+                }
+                // Each list is sorted, so each map is built without a search per object.
+                Snapshot { $($field: BTreeMap::from_iter($field),)* sources: BTreeMap::from_iter(sources) }
+            }};
+        }
+        (with_kinds!(build), replaced)
+    }
+
     /// Adds (or replaces) an object, remembering where it came from.
     pub fn insert(&mut self, resource: Resource, source: Option<Source>) {
         let reference = resource.resource_ref();
