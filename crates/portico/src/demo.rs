@@ -56,6 +56,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         drain_seconds: 5,
         reuse_port: false,
         pool_request_limit: portico_proxy::DEFAULT_POOL_REQUEST_LIMIT,
+        request_head_timeout: portico_proxy::DEFAULT_REQUEST_HEAD_TIMEOUT.as_secs_f64(),
         kubernetes: KubernetesArgs::default(),
     };
     let ca = tls.join("root-ca.crt");

@@ -176,6 +176,12 @@ struct RunArgs {
     /// Requests in flight to one pool's backends at most (each holds a backend connection); more wait.
     #[arg(long, default_value_t = portico_proxy::DEFAULT_POOL_REQUEST_LIMIT, value_name = "N")]
     pool_request_limit: usize,
+    /// How long a client connection may go without a request while none is in progress; then it is closed
+    /// (within 1 to 1.5 times this). Covers clients that send nothing or a head byte by byte, and idle
+    /// kept-alive connections. Decimals allowed.
+    #[arg(long, default_value_t = portico_proxy::DEFAULT_REQUEST_HEAD_TIMEOUT.as_secs_f64(), value_name = "SECONDS",
+          value_parser = positive_seconds)]
+    request_head_timeout: f64,
     /// Share listening addresses with other processes (SO_REUSEPORT): replicas on one host's network, or a
     /// new binary started before the old one drains.
     #[arg(long)]
@@ -293,6 +299,15 @@ fn tune_allocator() {
             // SAFETY: a store into mimalloc's option table; not thread-safe, and no other thread runs yet.
             unsafe { libmimalloc_sys::mi_option_set(option, value) };
         }
+    }
+}
+
+/// A number of seconds above zero, at most a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => Ok(seconds),
+        Ok(_) => Err("must be more than 0 and at most 86400 seconds".into()),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -435,6 +450,7 @@ async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) ->
     let proxy = Arc::new(Proxy::new(metrics.clone())?);
     proxy.set_reuse_port(args.reuse_port);
     proxy.set_pool_request_limit(args.pool_request_limit);
+    proxy.set_request_head_timeout(Duration::from_secs_f64(args.request_head_timeout));
     let view = Arc::new(ArcSwap::from_pointee(controller::View { dns, ..controller::View::default() }));
     let admin = admin::serve(args.admin, view.clone(), metrics.clone(), proxy.clone()).await?;
     tracing::info!(%admin, "admin endpoint");

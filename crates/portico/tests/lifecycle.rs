@@ -72,3 +72,74 @@ async fn tls_connections_outlive_the_handshake_timeout() {
         let _ = response.into_body().collect().await;
     }
 }
+
+/// With `--request-head-timeout 1`, a client that sends nothing, half a request head, or half the HTTP/2
+/// preface, and a kept-alive connection left idle, are closed; a connection that keeps sending requests, and a
+/// request whose answer takes longer than the timeout, are not (the limit is on waiting for a request, not on
+/// the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_closed_after_the_request_head_timeout() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = Backends::start(&["a"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = http_gateway("127.0.0.63", 8080)
+        + &service("a", backends.http_port(0))
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n";
+    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    let _portico = Portico::start(&[dir.path()], 19963, &["--request-head-timeout", "1"]);
+    let vip: SocketAddr = "127.0.0.63:8080".parse().expect("vip");
+    assert_eq!(common::get(vip, "any.example", "/green").await.status, 200);
+
+    // Each stalled client must see the connection closed (end of stream, no response) well within 10 s.
+    for (case, sent) in [
+        ("nothing", &b""[..]),
+        ("half a head", b"GET /green HTTP/1.1\r\nHost: any.example\r\n"),
+        ("half the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(vip).await.expect("connect");
+        stream.write_all(sent).await.expect("write");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "a client that sent {case} is still connected after 10 s");
+        assert!(!String::from_utf8_lossy(&answer).contains(" 200 "), "{case}: {answer:?}");
+    }
+
+    let request =
+        || http::Request::get("/green").header("host", "any.example").body(Empty::<Bytes>::new()).expect("request");
+    let handshake = || async {
+        let stream = tokio::net::TcpStream::connect(vip).await.expect("connect");
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("HTTP")
+    };
+    // Busy: six requests 400 ms apart, 2.4 s on one connection.
+    let (mut sender, connection) = handshake().await;
+    let busy = tokio::spawn(connection);
+    for _ in 0..6 {
+        let response = sender.send_request(request()).await.expect("the busy connection stays open");
+        assert_eq!(response.status(), 200);
+        let _ = response.into_body().collect().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(!busy.is_finished());
+
+    // A request in progress longer than the timeout (the backend answers after 2.5 s) is not cut.
+    let (mut sender, connection) = handshake().await;
+    tokio::spawn(connection);
+    let slow = http::Request::get("/green?delay=2500")
+        .header("host", "any.example")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(slow).await.expect("a slow answer arrives");
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await;
+
+    // Idle after a response: closed by Portico.
+    let (mut sender, connection) = handshake().await;
+    let idle = tokio::spawn(connection);
+    let response = sender.send_request(request()).await.expect("request");
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), idle).await;
+    assert!(ended.is_ok(), "an idle kept-alive connection is still open after 10 s");
+}

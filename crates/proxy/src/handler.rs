@@ -47,12 +47,45 @@ pub struct ClientConnection {
     pub scheme: &'static str,
     /// The peer's IP address as a header value, for X-Forwarded-For.
     peer_ip: HeaderValue,
+    /// Requests received on the connection.
+    requests: std::sync::atomic::AtomicU64,
+    /// Requests whose response is not yet sent whole.
+    in_progress: std::sync::atomic::AtomicUsize,
 }
 
 impl ClientConnection {
     pub fn new(shared: std::sync::Arc<Shared>, local: SocketAddr, peer: SocketAddr, scheme: &'static str) -> Self {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ClientConnection { shared, local, peer, scheme, peer_ip }
+        ClientConnection {
+            shared,
+            local,
+            peer,
+            scheme,
+            peer_ip,
+            requests: std::sync::atomic::AtomicU64::new(0),
+            in_progress: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a request received and in progress.
+    pub fn request_began(&self) {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.in_progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a request's response sent whole (or given up).
+    pub fn request_ended(&self) {
+        self.in_progress.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requests received on the connection so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Requests whose response is not yet sent whole.
+    pub fn in_progress(&self) -> usize {
+        self.in_progress.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
