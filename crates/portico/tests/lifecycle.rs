@@ -3,6 +3,13 @@
 mod common;
 
 use common::{Backends, Portico, http_gateway, service};
+
+/// A Gateway on `vip`:8080 with one HTTPRoute, for any host and path, to backend `a` on `port`.
+fn one_route(vip: &str, port: u16) -> String {
+    http_gateway(vip, 8080)
+        + &service("a", port)
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n"
+}
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -10,10 +17,7 @@ use std::time::{Duration, Instant};
 async fn sigterm_drains_and_exits() {
     let backends = Backends::start(&["a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = http_gateway("127.0.0.61", 8080)
-        + &service("a", backends.http_port(0))
-        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n";
-    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    std::fs::write(dir.path().join("config.yaml"), one_route("127.0.0.61", backends.http_port(0))).expect("write");
     let mut portico = Portico::start(&[dir.path()], 19961, &["--drain-seconds", "5"]);
     let vip: SocketAddr = "127.0.0.61:8080".parse().expect("vip");
     assert_eq!(common::get(vip, "any.example", "/green").await.status, 200);
@@ -84,10 +88,7 @@ async fn slow_and_idle_clients_are_closed_after_the_request_head_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backends = Backends::start(&["a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = http_gateway("127.0.0.63", 8080)
-        + &service("a", backends.http_port(0))
-        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{name: a, port: 80}]\n";
-    std::fs::write(dir.path().join("config.yaml"), config).expect("write");
+    std::fs::write(dir.path().join("config.yaml"), one_route("127.0.0.63", backends.http_port(0))).expect("write");
     let _portico = Portico::start(&[dir.path()], 19963, &["--request-head-timeout", "1"]);
     let vip: SocketAddr = "127.0.0.63:8080".parse().expect("vip");
     assert_eq!(common::get(vip, "any.example", "/green").await.status, 200);
