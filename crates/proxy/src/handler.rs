@@ -47,26 +47,24 @@ pub struct ClientConnection {
     pub scheme: &'static str,
     /// The peer's IP address as a header value, for X-Forwarded-For.
     peer_ip: HeaderValue,
+    /// What the connection's idle watchdog reads.
+    activity: std::sync::Arc<Activity>,
+}
+
+/// A client connection's requests, as its idle watchdog sees them (`listener::close_when_idle`).
+#[derive(Default)]
+pub struct Activity {
     /// Requests received on the connection.
     requests: std::sync::atomic::AtomicU64,
     /// Requests whose response is not yet sent whole.
     in_progress: std::sync::atomic::AtomicUsize,
+    /// The connection carries no HTTP (a TLS route's relay): not watched.
+    exempt: std::sync::atomic::AtomicBool,
+    /// Signalled when the connection's task ends.
+    ended: tokio::sync::Notify,
 }
 
-impl ClientConnection {
-    pub fn new(shared: std::sync::Arc<Shared>, local: SocketAddr, peer: SocketAddr, scheme: &'static str) -> Self {
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ClientConnection {
-            shared,
-            local,
-            peer,
-            scheme,
-            peer_ip,
-            requests: std::sync::atomic::AtomicU64::new(0),
-            in_progress: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
+impl Activity {
     /// Counts a request received and in progress.
     pub fn request_began(&self) {
         self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -86,6 +84,55 @@ impl ClientConnection {
     /// Requests whose response is not yet sent whole.
     pub fn in_progress(&self) -> usize {
         self.in_progress.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes the connection out of the watchdog's hands.
+    pub fn exempt(&self) {
+        self.exempt.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the connection is not watched.
+    pub fn is_exempt(&self) -> bool {
+        self.exempt.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A guard for the connection's task: when it is dropped (the task ended, or was aborted), the watchdog
+    /// stops.
+    pub fn end_guard(self: &std::sync::Arc<Self>) -> EndGuard {
+        EndGuard(self.clone())
+    }
+
+    /// Resolves once the connection's task has ended.
+    pub async fn ended(&self) {
+        self.ended.notified().await
+    }
+}
+
+/// Signals [`Activity::ended`] when dropped.
+pub struct EndGuard(std::sync::Arc<Activity>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        // A permit is stored if the watchdog is not waiting at this moment.
+        self.0.ended.notify_one();
+    }
+}
+
+impl ClientConnection {
+    pub fn new(
+        shared: std::sync::Arc<Shared>,
+        local: SocketAddr,
+        peer: SocketAddr,
+        scheme: &'static str,
+        activity: std::sync::Arc<Activity>,
+    ) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ClientConnection { shared, local, peer, scheme, peer_ip, activity }
+    }
+
+    /// The connection's requests, for its idle watchdog.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 }
 

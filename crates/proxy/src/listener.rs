@@ -119,13 +119,19 @@ pub fn spawn(
             shared.metrics.connection_opened();
             let shared = shared.clone();
             let tls = tls.clone();
-            tokio::spawn(async move {
+            let activity = Arc::new(handler::Activity::default());
+            let head_timeout =
+                Duration::from_millis(shared.request_head_timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let watched = activity.clone();
+            let connection = tokio::spawn(async move {
+                let _ended = watched.end_guard();
                 match tls {
-                    None => serve(shared, stream, address, peer, "http").await,
+                    None => serve(shared, stream, address, peer, "http", watched).await,
                     // The handshake (and the SNI peek) are time-limited inside; the connection itself is not.
-                    Some(acceptor) => serve_tls(shared, acceptor, stream, address, peer).await,
+                    Some(acceptor) => serve_tls(shared, acceptor, stream, address, peer, watched).await,
                 }
             });
+            tokio::spawn(close_when_idle(connection.abort_handle(), activity, head_timeout, peer));
         }
     });
     Ok(ListenerHandle { protocol, task })
@@ -169,6 +175,7 @@ async fn serve_tls(
     stream: tokio::net::TcpStream,
     address: SocketAddr,
     peer: SocketAddr,
+    activity: Arc<handler::Activity>,
 ) {
     let has_tls_routes = shared.state.load().listeners.get(&address).is_some_and(|l| !l.tls_routes.is_empty());
     let mut route = None;
@@ -188,6 +195,7 @@ async fn serve_tls(
         let Some(listener) = compiled.listeners.get(&address) else { return };
         if let Some(tls_route) = listener.tls_route(server_name.as_deref()) {
             if tls_route.passthrough {
+                activity.exempt();
                 return relay(&shared, tls_route, stream, peer).await;
             }
             route = Some(compiled.clone());
@@ -210,10 +218,11 @@ async fn serve_tls(
     if let Some(compiled) = route {
         let server_name = stream.get_ref().1.server_name().map(str::to_string);
         if let Some(tls_route) = compiled.listeners.get(&address).and_then(|l| l.tls_route(server_name.as_deref())) {
+            activity.exempt();
             return relay(&shared, tls_route, stream, peer).await;
         }
     }
-    serve(shared, stream, address, peer, "https").await
+    serve(shared, stream, address, peer, "https", activity).await
 }
 
 /// Copies bytes between a client and an endpoint of the route's pool (TLSRoute).
@@ -253,64 +262,74 @@ where
     drop(pick);
 }
 
-async fn serve<I>(shared: Arc<Shared>, io: I, local: SocketAddr, peer: SocketAddr, scheme: &'static str)
-where
+async fn serve<I>(
+    shared: Arc<Shared>,
+    io: I,
+    local: SocketAddr,
+    peer: SocketAddr,
+    scheme: &'static str,
+    activity: Arc<handler::Activity>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let watcher = shared.graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
-    let head_timeout = Duration::from_millis(shared.request_head_timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
-    let client = Arc::new(handler::ClientConnection::new(shared, local, peer, scheme));
-    let service = {
-        let client = client.clone();
-        service_fn(move |request| {
-            let in_progress = InProgress::begin(client.clone());
-            async move {
-                let response = handler::handle(&in_progress.0, request).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _in_progress: in_progress }))
-            }
-        })
-    };
+    let client = Arc::new(handler::ClientConnection::new(shared, local, peer, scheme, activity));
+    let service = service_fn(move |request| {
+        let in_progress = InProgress::begin(client.clone());
+        async move {
+            let response = handler::handle(&in_progress.0, request).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, _in_progress: in_progress }))
+        }
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Head and body copied into one buffer and written with write(2), rather than gathered by writev(2): for
     // the small responses most requests get, 2% fewer instructions per request (bench/callgrind.sh).
     builder.http1().writev(false);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    let mut connection = tokio::spawn(async move {
-        match watcher {
-            Some(watcher) => watcher.watch(connection).await,
-            None => connection.await,
-        }
-    });
-    // This task watches the connection's task: it closes a connection that received no request and had none in
-    // progress for the request head timeout, checking every half of it (so after 1 to 1.5 times the timeout).
-    // That covers a client that sends nothing, a head byte by byte (HTTP/1.1, or the HTTP/2 preface), and a
-    // connection kept alive but idle. hyper's own header timeout (HTTP/1.1 only) re-arms a timer per request:
-    // 1,600 instructions per request, 7% (bench/callgrind.sh); this costs three atomic operations.
-    let mut seen = client.requests();
-    let mut quiet_checks = 0;
+    let result = match watcher {
+        Some(watcher) => watcher.watch(connection).await,
+        None => connection.await,
+    };
+    if let Err(error) = result {
+        tracing::debug!(%local, %peer, %error, "connection ended with an error");
+    }
+}
+
+/// Watches a client connection's task from a task of its own: closes a connection that received no request and
+/// had none in progress for the request head timeout, checking every half of it (so after 1 to 1.5 times the
+/// timeout). That covers a client that sends nothing (or stalls in the TLS handshake), a head byte by byte
+/// (HTTP/1.1, or the HTTP/2 preface), and a connection kept alive but idle. TLS routes' relays are exempt.
+///
+/// hyper's own header timeout (HTTP/1.1 only) re-arms a timer per request: 1,600 instructions per request, 7%
+/// (bench/callgrind.sh); this costs three atomic operations per request. A task of its own, not a wrapper around
+/// the connection: the wrapper polled its timer at each wake-up, and as the connection's parent task it kept a
+/// second large future per connection (9,000 connections went from 268-345 to 428 MiB).
+async fn close_when_idle(
+    connection: tokio::task::AbortHandle,
+    activity: Arc<handler::Activity>,
+    timeout: Duration,
+    peer: SocketAddr,
+) {
+    let mut seen = activity.requests();
+    let mut quiet = false;
     loop {
         tokio::select! {
-            joined = &mut connection => {
-                match joined {
-                    Ok(Err(error)) => tracing::debug!(%local, %peer, %error, "connection ended with an error"),
-                    Err(error) if error.is_panic() => tracing::error!(%local, %peer, "connection task panicked"),
-                    _ => {}
-                }
-                return;
-            }
-            () = tokio::time::sleep(head_timeout / 2) => {
-                let requests = client.requests();
-                if requests != seen || client.in_progress() > 0 {
-                    seen = requests;
-                    quiet_checks = 0;
-                } else if quiet_checks == 1 {
-                    tracing::debug!(%local, %peer, "no request within the request head timeout; connection closed");
-                    connection.abort();
-                    return;
-                } else {
-                    quiet_checks += 1;
-                }
-            }
+            () = activity.ended() => return,
+            () = tokio::time::sleep(timeout / 2) => {}
+        }
+        if activity.is_exempt() {
+            return;
+        }
+        let requests = activity.requests();
+        if requests != seen || activity.in_progress() > 0 {
+            seen = requests;
+            quiet = false;
+        } else if quiet {
+            tracing::debug!(%peer, "no request within the request head timeout; connection closed");
+            connection.abort();
+            return;
+        } else {
+            quiet = true;
         }
     }
 }
@@ -320,14 +339,14 @@ struct InProgress(Arc<handler::ClientConnection>);
 
 impl InProgress {
     fn begin(client: Arc<handler::ClientConnection>) -> Self {
-        client.request_began();
+        client.activity().request_began();
         InProgress(client)
     }
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.request_ended();
+        self.0.activity().request_ended();
     }
 }
 
