@@ -1370,7 +1370,9 @@ def versions(args):
         return text.splitlines()[0] if text else None
 
     rev = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = run_quiet(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    # Results of earlier runs (bench/results/latest.*) do not change what is measured.
+    dirty = run_quiet(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                       ":(exclude)bench/results"]).stdout.strip()
     return {
         "portico": f"{rev}{' (work tree modified)' if dirty else ''}, {args.profile} build",
         "nginx": first_line(["nginx", "-v"]),
