@@ -290,6 +290,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// - the first update took 175 ms instead of 371, and RSS was 119 / 137 MiB (serving / after updates)
 ///   instead of 137 / 156;
 /// - but the later updates took 237-260 ms instead of 195-239, so the median was 251 ms instead of 216.
+///
+/// Measured again once memory was kept across updates (`bench/run.sh controlplane --routes 10000 --reps 5`, then
+/// `bench/run.sh http1 https --reps 3 --duration 5`, back to back): updates 149-200 ms without THP against
+/// 123-303 ms with them (medians 177 and 171), but HTTP/1.1 at 0.84 of nginx's requests/s without against 0.98
+/// with. They stay allowed.
 fn tune_allocator() {
     // mimalloc 3's option numbers (libmimalloc-sys 0.1 does not name these two).
     const OPTIONS: [(libmimalloc_sys::mi_option_t, &str, std::ffi::c_long); 2] =
