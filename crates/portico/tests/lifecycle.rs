@@ -45,8 +45,6 @@ async fn sigterm_drains_and_exits() {
 /// A kept-alive TLS connection outlives the handshake timeout (10 s): only the handshake is time-limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_outlive_the_handshake_timeout() {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty};
     let backends = Backends::start(&["a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(common::repo().join("examples/article/common/tls-secret.yaml"), dir.path().join("secret.yaml"))
@@ -67,13 +65,7 @@ async fn tls_connections_outlive_the_handshake_timeout() {
         if round == 1 {
             tokio::time::sleep(Duration::from_secs(11)).await;
         }
-        let request = http::Request::get("/pink")
-            .header("host", "app01-lab.avi.aclab.uk")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let response = sender.send_request(request).await.expect("the same connection still works");
-        assert_eq!(response.status(), 200);
-        let _ = response.into_body().collect().await;
+        get_ok(&mut sender, "/pink", "app01-lab.avi.aclab.uk", "the same connection still works").await;
     }
 }
 
@@ -83,8 +75,6 @@ async fn tls_connections_outlive_the_handshake_timeout() {
 /// the connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_clients_are_closed_after_the_request_head_timeout() {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backends = Backends::start(&["a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -107,8 +97,6 @@ async fn slow_and_idle_clients_are_closed_after_the_request_head_timeout() {
         assert!(!String::from_utf8_lossy(&answer).contains(" 200 "), "{case}: {answer:?}");
     }
 
-    let request =
-        || http::Request::get("/green").header("host", "any.example").body(Empty::<Bytes>::new()).expect("request");
     let handshake = || async {
         let stream = tokio::net::TcpStream::connect(vip).await.expect("connect");
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("HTTP")
@@ -117,9 +105,7 @@ async fn slow_and_idle_clients_are_closed_after_the_request_head_timeout() {
     let (mut sender, connection) = handshake().await;
     let busy = tokio::spawn(connection);
     for _ in 0..6 {
-        let response = sender.send_request(request()).await.expect("the busy connection stays open");
-        assert_eq!(response.status(), 200);
-        let _ = response.into_body().collect().await;
+        get_ok(&mut sender, "/green", "any.example", "the busy connection stays open").await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     assert!(!busy.is_finished());
@@ -127,20 +113,27 @@ async fn slow_and_idle_clients_are_closed_after_the_request_head_timeout() {
     // A request in progress longer than the timeout (the backend answers after 2.5 s) is not cut.
     let (mut sender, connection) = handshake().await;
     tokio::spawn(connection);
-    let slow = http::Request::get("/green?delay=2500")
-        .header("host", "any.example")
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let response = sender.send_request(slow).await.expect("a slow answer arrives");
-    assert_eq!(response.status(), 200);
-    let _ = response.into_body().collect().await;
+    get_ok(&mut sender, "/green?delay=2500", "any.example", "a slow answer arrives").await;
 
     // Idle after a response: closed by Portico.
     let (mut sender, connection) = handshake().await;
     let idle = tokio::spawn(connection);
-    let response = sender.send_request(request()).await.expect("request");
-    assert_eq!(response.status(), 200);
-    let _ = response.into_body().collect().await;
+    get_ok(&mut sender, "/green", "any.example", "the first request").await;
     let ended = tokio::time::timeout(Duration::from_secs(10), idle).await;
     assert!(ended.is_ok(), "an idle kept-alive connection is still open after 10 s");
+}
+
+/// Sends GET `path` for `host` on a client connection and checks that the answer is 200, read whole; `what` says
+/// what failed.
+async fn get_ok(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+    host: &str,
+    what: &str,
+) {
+    use http_body_util::BodyExt;
+    let request = http::Request::get(path).header("host", host).body(http_body_util::Empty::new()).expect("request");
+    let response = sender.send_request(request).await.expect(what);
+    assert_eq!(response.status(), 200, "{what}");
+    let _ = response.into_body().collect().await;
 }
