@@ -68,7 +68,7 @@ async fn passthrough_and_terminated_hosts_share_one_port() {
         service("pink-tls", backends.https_port(0)),
     );
     std::fs::write(dir.path().join("config.yaml"), config).expect("write");
-    let portico = Portico::start(&[dir.path()], 19971, &["--default-namespace", "dev"]);
+    let portico = Portico::start(&[dir.path()], 19971, &["--default-namespace", "dev", "--request-head-timeout", "1"]);
     let tls = repo().join("examples/article/tls");
     let vip: SocketAddr = "127.0.0.71:443".parse().expect("vip");
 
@@ -77,6 +77,25 @@ async fn passthrough_and_terminated_hosts_share_one_port() {
     assert_eq!(passed.status(), 200);
     assert_eq!(header(&passed, "x-testapp-instance"), "pink");
     assert_eq!(header(&passed, "x-testapp-proto"), "https", "the backend terminated TLS");
+
+    // A passthrough relay carries no HTTP of Portico's: the request head timeout (1 s here) does not close it
+    // while it is idle. Two requests 2.5 s apart on one connection.
+    let ca = repo().join("examples/article/tls/root-ca.crt");
+    let tcp = tokio::net::TcpStream::connect(vip).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(PASSTHROUGH_HOST.to_string()).expect("name");
+    let stream = tokio_rustls::TlsConnector::from(tls_config(&ca, false)).connect(name, tcp).await.expect("TLS");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP");
+    tokio::spawn(connection);
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        }
+        let request =
+            http::Request::get("/pink").header("host", PASSTHROUGH_HOST).body(Empty::<Bytes>::new()).expect("request");
+        let response = sender.send_request(request).await.expect("the idle relay is still open");
+        assert_eq!(response.status(), 200);
+        let _ = response.into_body().collect().await;
+    }
 
     // Same port, other name: Portico terminates with the Gateway's certificate and proxies HTTP.
     let terminated = fetch(vip, TERMINATED_HOST, &tls.join("app01.crt")).await;

@@ -66,13 +66,15 @@ pub enum ProviderError {
 
 /// Builds the snapshot from the objects of every file, in file order; an object that another file defines again
 /// is replaced by the later definition, with a warning.
-fn build_snapshot(loaded: &mut Loaded, objects: Vec<(Resource, Option<Source>)>) {
-    let (snapshot, replaced) = Snapshot::from_objects(objects);
+fn build_snapshot(loaded: &mut Loaded, objects: Vec<(Resource, Source)>) {
+    let (snapshot, replaced) = Snapshot::from_objects(objects.into_iter().map(|(r, s)| (r, Some(s))).collect());
     loaded.snapshot = snapshot;
     for Replaced { reference, earlier, later } in replaced {
-        let Some(later) = later.filter(|later| earlier.is_none_or(|earlier| earlier.file != later.file)) else {
+        // Every object here has a source; a file that defines an object twice is not warned about here.
+        let (Some(earlier), Some(later)) = (earlier, later) else { continue };
+        if earlier.file == later.file {
             continue;
-        };
+        }
         loaded.diagnostics.push(Diagnostic {
             severity: Severity::Warning,
             file: Some(later.file.to_string()),
@@ -151,7 +153,7 @@ impl FileProvider {
                         *loaded.ignored.entry(what.clone()).or_default() += 1;
                     }
                 }
-                objects.extend(resources.iter().map(|(resource, source)| (resource.clone(), Some(source.clone()))));
+                objects.extend(resources.iter().cloned());
                 seen.push(path);
                 continue;
             };
@@ -174,11 +176,11 @@ impl FileProvider {
                             field: None,
                             message: "the file has errors; the last good version of this object stays in force".into(),
                         });
-                        objects.push((resource.clone(), Some(source.clone())));
+                        objects.push((resource.clone(), source.clone()));
                     }
                 }
             }
-            objects.extend(parsed.resources.iter().map(|(resource, source)| (resource.clone(), Some(source.clone()))));
+            objects.extend(parsed.resources.iter().cloned());
             // A broken file keeps its previous good set; a file seen broken the first time keeps what it has.
             if !has_errors || !self.last_good.contains_key(&path) {
                 self.last_good.insert(path.clone(), parsed.resources);

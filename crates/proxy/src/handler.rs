@@ -58,9 +58,7 @@ pub struct Activity {
     requests: std::sync::atomic::AtomicU64,
     /// Requests whose response is not yet sent whole.
     in_progress: std::sync::atomic::AtomicUsize,
-    /// The connection carries no HTTP (a TLS route's relay): not watched.
-    exempt: std::sync::atomic::AtomicBool,
-    /// Signalled when the connection's task ends.
+    /// Signalled when the connection's task ends, or it is exempted.
     ended: tokio::sync::Notify,
 }
 
@@ -86,14 +84,10 @@ impl Activity {
         self.in_progress.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Takes the connection out of the watchdog's hands.
+    /// Takes the connection out of the watchdog's hands (it carries no HTTP: a TLS route's relay); the
+    /// watchdog stops at once.
     pub fn exempt(&self) {
-        self.exempt.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Whether the connection is not watched.
-    pub fn is_exempt(&self) -> bool {
-        self.exempt.load(std::sync::atomic::Ordering::Relaxed)
+        self.ended.notify_one();
     }
 
     /// A guard for the connection's task: when it is dropped (the task ended, or was aborted), the watchdog
@@ -102,7 +96,7 @@ impl Activity {
         EndGuard(self.clone())
     }
 
-    /// Resolves once the connection's task has ended.
+    /// Resolves once the connection's task has ended, or it was exempted.
     pub async fn ended(&self) {
         self.ended.notified().await
     }

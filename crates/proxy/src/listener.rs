@@ -317,9 +317,6 @@ async fn close_when_idle(
             () = activity.ended() => return,
             () = tokio::time::sleep(timeout / 2) => {}
         }
-        if activity.is_exempt() {
-            return;
-        }
         let requests = activity.requests();
         if requests != seen || activity.in_progress() > 0 {
             seen = requests;
