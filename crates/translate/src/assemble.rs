@@ -1,8 +1,9 @@
 //! The last stage: listeners, virtual hosts and routes gathered by the earlier stages are ordered into the IR.
 
 use portico_ir::{Ir, Listener, PathMatch, Protocol, Route, SniCertificate, TlsRoute, VirtualHost};
+use portico_resources::core::{ObjectMeta, Time};
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 /// Listeners and their routes, keyed for merging, before ordering.
@@ -19,7 +20,9 @@ pub struct ListenerEntry {
     /// Who claimed the socket first (`Gateway/ns/name`, `Ingress`), for conflict messages.
     pub owner: String,
     pub certificates: Vec<SniCertificate>,
-    pub hosts: BTreeMap<String, Vec<RankedRoute>>,
+    /// Routes by virtual host, hashed: [`RouteTable::assemble`] orders the hosts (with 10,000 hosts, each
+    /// insert into a sorted map compared a hostname at every step of its path).
+    pub hosts: HashMap<String, Vec<RankedRoute>, foldhash::fast::RandomState>,
     /// TLS routes by server name; the first one added for a name wins (routes come oldest first).
     pub tls_routes: BTreeMap<String, TlsRoute>,
 }
@@ -41,23 +44,37 @@ pub struct RouteRank(
     Reverse<bool>,
     Reverse<usize>,
     Reverse<usize>,
-    Option<String>,
+    Age,
     String,
     usize,
     usize,
 );
 
+/// When a route's resource was created, for precedence: the older first, then resources without a creation
+/// time, then an Ingress's default backend, which ranks after every rule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Age {
+    Created(Time),
+    Unknown,
+    DefaultBackend,
+}
+
+impl Age {
+    /// The age of a resource from its metadata.
+    pub fn of(metadata: &ObjectMeta) -> Age {
+        metadata.creation_timestamp.clone().map_or(Age::Unknown, Age::Created)
+    }
+}
+
 impl RouteRank {
     /// The rank of a route from its match and its origin.
-    pub fn new(route: &Route, created: Option<String>, source: String, rule: usize, matched: usize) -> Self {
+    pub fn new(route: &Route, created: Age, source: String, rule: usize, matched: usize) -> Self {
         let m = &route.matcher;
         let (kind, len) = match &m.path {
             PathMatch::Exact(p) => (3, p.len()),
             PathMatch::Regex(p) => (2, p.len()),
             PathMatch::Prefix(p) => (1, p.trim_end_matches('/').len()),
         };
-        // Routes without a creation time sort after those with one.
-        let created = created.or(Some("~".into()));
         RouteRank(
             Reverse(kind),
             Reverse(len),
@@ -78,7 +95,7 @@ impl RouteRank {
     pub fn grpc(
         route: &Route,
         names: (usize, usize),
-        created: Option<String>,
+        created: Age,
         source: String,
         rule: usize,
         matched: usize,
@@ -121,7 +138,7 @@ impl RouteTable {
             protocol,
             owner: owner.to_string(),
             certificates: Vec::new(),
-            hosts: BTreeMap::new(),
+            hosts: HashMap::default(),
             tls_routes: BTreeMap::new(),
         });
         if entry.protocol.is_tls() != protocol.is_tls() {
@@ -155,12 +172,15 @@ impl RouteTable {
                     VirtualHost { hostname, routes: routes.into_iter().map(|r| r.route).collect() }
                 })
                 .collect();
-            hosts.sort_by_key(|h| host_order(&h.hostname));
+            hosts.sort_by(|a, b| host_order(&a.hostname).cmp(&host_order(&b.hostname)));
             let mut certificates = entry.certificates;
-            certificates.sort_by_key(|c| c.hostname.as_deref().map_or((2, Reverse(0), String::new()), host_order));
+            // A certificate without a hostname is the listener's default: last, like `*`.
+            certificates.sort_by(|a, b| {
+                host_order(a.hostname.as_deref().unwrap_or("*")).cmp(&host_order(b.hostname.as_deref().unwrap_or("*")))
+            });
             certificates.dedup();
             let mut tls_routes: Vec<TlsRoute> = entry.tls_routes.into_values().collect();
-            tls_routes.sort_by_key(|r| host_order(&r.hostname));
+            tls_routes.sort_by(|a, b| host_order(&a.hostname).cmp(&host_order(&b.hostname)));
             listeners.push(Listener {
                 name: address.to_string(),
                 address: address.ip(),
@@ -199,13 +219,13 @@ impl RouteTable {
 }
 
 /// Exact names first (alphabetically), then wildcards with the longest suffix first, then `*`.
-fn host_order(hostname: &str) -> (u8, Reverse<usize>, String) {
+fn host_order(hostname: &str) -> (u8, Reverse<usize>, &str) {
     if hostname == "*" {
-        (2, Reverse(0), String::new())
+        (2, Reverse(0), "")
     } else if hostname.starts_with("*.") {
-        (1, Reverse(hostname.len()), hostname.to_string())
+        (1, Reverse(hostname.len()), hostname)
     } else {
-        (0, Reverse(0), hostname.to_string())
+        (0, Reverse(0), hostname)
     }
 }
 

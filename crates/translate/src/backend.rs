@@ -76,7 +76,7 @@ pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>
         };
         return Err(BackendError::NotFound(format!("Service {key} has no port {wanted}")));
     };
-    let pool_name = format!("{key}:{}", service_port.port);
+    let pool_name = crate::name_of(&[&key.namespace, "/", &key.name], format_args!(":{}", service_port.port));
     if !cx.out.ir.pools.contains_key(&pool_name) {
         let port_name = service_port.name.as_deref().unwrap_or("");
         let endpoints = endpoints(cx, key, port_name, service_port.target_port.as_ref());
@@ -113,7 +113,7 @@ pub fn service_pool(cx: &mut Context<'_>, key: &ObjectKey, port: ServicePort<'_>
 /// one target: the older wins, the other is Conflicted.
 pub fn translate_backend_tls_policies(cx: &mut Context<'_>) {
     let mut policies: Vec<_> = cx.snapshot.backend_tls_policies.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
-    policies.sort_by_key(|(key, p)| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), key.clone()));
+    policies.sort_by(|(a_key, a), (b_key, b)| crate::route::age_order((&a.metadata, a_key), (&b.metadata, b_key)));
     let mut invalid = Vec::new();
     for (key, policy) in policies {
         let reference = ResourceRef { kind: Kind::BackendTlsPolicy, key: key.clone() };

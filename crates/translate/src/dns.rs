@@ -164,7 +164,7 @@ fn publish_routes(cx: &mut Context<'_>, served: &Served, zones: &[String]) -> Ve
     for (kind, key, metadata, hostnames) in routes {
         let reference = ResourceRef { kind, key: key.clone() };
         // external-dns publishes a route only once a parent has accepted it.
-        let Some(ResourceStatus::Route(status)) = cx.out.statuses.get(&reference) else {
+        let Some(ResourceStatus::Route(status)) = cx.status(&reference) else {
             continue;
         };
         let accepted: Vec<&ParentReference> = status
@@ -204,7 +204,7 @@ fn publish_ingresses(cx: &mut Context<'_>, served: &Served, zones: &[String]) ->
     for (key, ingress) in &snapshot.ingresses {
         let reference = ResourceRef { kind: Kind::Ingress, key: key.clone() };
         // Only Portico's Ingresses have a status.
-        if !matches!(cx.out.statuses.get(&reference), Some(ResourceStatus::Ingress(_))) {
+        if !matches!(cx.status(&reference), Some(ResourceStatus::Ingress(_))) {
             continue;
         }
         let spec = ingress.spec.clone().unwrap_or_default();

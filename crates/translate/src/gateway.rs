@@ -149,7 +149,7 @@ pub fn translate_gateways(cx: &mut Context<'_>) -> Vec<GatewayInfo> {
         .filter(|(_, g)| ours.iter().any(|c| c.name == g.spec.gateway_class_name))
         .map(|(key, g)| (key, g.as_ref()))
         .collect();
-    gateways.sort_by_key(|(key, g)| (g.metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
+    gateways.sort_by(|(a_key, a), (b_key, b)| crate::route::age_order((&a.metadata, a_key), (&b.metadata, b_key)));
     let pool = crate::address::assign_pool(&cx.options.gateway_address_pool, &gateways);
     gateways.into_iter().map(|(key, gateway)| translate_gateway(cx, key, gateway, &pool)).collect()
 }

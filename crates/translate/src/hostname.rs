@@ -40,8 +40,10 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
     };
     // A name can come out twice, not always in a row (`*.com` and `*.example.com` both narrow to a
     // `*.example.com` listener): keep the first of each, or the virtual host gets the route twice.
-    let mut seen = std::collections::HashSet::new();
-    names.retain(|name| seen.insert(name.clone()));
+    if names.len() > 1 {
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|name| seen.insert(name.clone()));
+    }
     if names.is_empty() { None } else { Some(names) }
 }
 

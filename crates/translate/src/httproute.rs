@@ -1,11 +1,11 @@
 //! HTTPRoute: validate rules, attach to listeners, resolve backends, write `status.parents`.
 
 use crate::Context;
-use crate::assemble::{RankedRoute, RouteRank};
+use crate::assemble::{Age, RankedRoute, RouteRank};
 use crate::backend::{BackendError, ServicePort, service_pool};
 use crate::gateway::{GATEWAY_GROUP, GatewayInfo};
 use crate::refgrant::{RefEnd, permitted};
-use crate::route::{Attachment, RouteProblems, RouteSource, attach, is_ours, oldest_first, validate_hostnames};
+use crate::route::{Attachment, RouteProblems, RouteSource, age_order, attach, is_ours, validate_hostnames};
 use portico_ir::{
     Action, Cors, Filter, HeaderEdits, Mirror, PathMatch, PathRewrite, Redirect, Retry, Route, RouteMatch, StringMatch,
     Timeouts, UrlRewrite, ValueMatch, WeightedPool,
@@ -33,10 +33,10 @@ pub struct CompiledRule {
 /// listener the older one gets it, as the Gateway API requires.
 pub fn translate_http_and_grpc_routes(cx: &mut Context<'_>, gateways: &mut [GatewayInfo]) {
     let snapshot = cx.snapshot;
-    let http = oldest_first(&snapshot.http_routes, |r| &r.metadata).into_iter().map(|(k, r)| (k, &r.metadata, Ok(r)));
-    let grpc = oldest_first(&snapshot.grpc_routes, |r| &r.metadata).into_iter().map(|(k, r)| (k, &r.metadata, Err(r)));
+    let http = snapshot.http_routes.iter().map(|(k, r)| (k, &r.metadata, Ok(r)));
+    let grpc = snapshot.grpc_routes.iter().map(|(k, r)| (k, &r.metadata, Err(r)));
     let mut routes: Vec<_> = http.chain(grpc).collect();
-    routes.sort_by_key(|(key, metadata, _)| (metadata.creation_timestamp.as_ref().map(|t| t.0), (*key).clone()));
+    routes.sort_by(|(a_key, a, _), (b_key, b, _)| age_order((a, a_key), (b, b_key)));
     for (key, _, route) in routes {
         match route {
             Ok(route) => translate_http_route(cx, gateways, key, route),
@@ -101,7 +101,8 @@ pub fn push_routes(
 ) {
     let key = &reference.key;
     let prefix = reference.kind.as_str().to_ascii_lowercase();
-    let created = metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
+    let created = Age::of(metadata);
+    let source = key.to_string();
     for attachment in attachments {
         let Ok(entry) = cx.routes.listener(attachment.socket, attachment.protocol, &attachment.owner) else {
             continue;
@@ -111,7 +112,7 @@ pub fn push_routes(
             for (rule_index, rule) in rules.iter().enumerate() {
                 let Some(rule) = rule else { continue };
                 for (match_index, matcher) in rule.matches.iter().enumerate() {
-                    let name = format!("{prefix}/{}/{}/rule/{rule_index}/match/{match_index}", key.namespace, key.name);
+                    let name = match_name(&prefix, key, rule_index, match_index);
                     // Two listeners sharing a socket (or two parentRefs) can bring the same route to the same
                     // host: it is served once.
                     if routes.iter().any(|r| r.route.name == name) {
@@ -131,17 +132,22 @@ pub fn push_routes(
                             &ir_route,
                             (service, method),
                             created.clone(),
-                            key.to_string(),
+                            source.clone(),
                             rule_index,
                             match_index,
                         ),
-                        None => RouteRank::new(&ir_route, created.clone(), key.to_string(), rule_index, match_index),
+                        None => RouteRank::new(&ir_route, created.clone(), source.clone(), rule_index, match_index),
                     };
                     routes.push(RankedRoute { rank, route: ir_route });
                 }
             }
         }
     }
+}
+
+/// `kind/namespace/name/rule/R/match/M`, the IR's name of one match of a rule.
+fn match_name(prefix: &str, key: &ObjectKey, rule: usize, matched: usize) -> String {
+    crate::name_of(&[prefix, "/", &key.namespace, "/", &key.name], format_args!("/rule/{rule}/match/{matched}"))
 }
 
 fn compile_rule(
@@ -381,15 +387,16 @@ pub fn finish_rule(
         None => {
             let mut pools = Vec::new();
             for (b, backend_ref) in parts.backend_refs.iter().enumerate() {
-                let field = at(format!(".backendRefs[{b}]"));
+                // Built only for an error, like the field paths of matches.
+                let field = || at(format!(".backendRefs[{b}]"));
                 if !backend_ref.filters.is_empty() {
-                    errors.push((format!("{field}.filters"), "per-backend filters are not supported yet".into()));
+                    errors.push((format!("{}.filters", field()), "per-backend filters are not supported yet".into()));
                 }
                 let weight = u32::try_from(backend_ref.weight.unwrap_or(1)).unwrap_or(0);
                 match resolve_backend(cx, reference, &backend_ref.backend) {
                     Ok(pool) => pools.push(WeightedPool { pool: Some(pool), weight }),
                     Err(error) => {
-                        cx.error(reference, field, error.message().to_string());
+                        cx.error(reference, field(), error.message().to_string());
                         problems.unresolved(error.reason(), error.message().to_string());
                         pools.push(WeightedPool { pool: None, weight });
                     }

@@ -1,6 +1,6 @@
 //! Ingress: rules on Portico's Ingress VIPs, HTTP on 80 and HTTPS on 443 for hosts with a `tls` entry.
 
-use crate::assemble::{RankedRoute, RouteRank, socket};
+use crate::assemble::{Age, RankedRoute, RouteRank, socket};
 use crate::backend::{ServicePort, service_pool};
 use crate::tls::{CertError, load_certificate};
 use crate::{Context, hostname};
@@ -68,7 +68,7 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
         write_status(cx, reference);
         return;
     }
-    let created = ingress.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string());
+    let created = Age::of(&ingress.metadata);
     let owner = reference.to_string();
 
     // TLS: which hosts get HTTPS, with which certificate. The operator's `ako.vmware.com/enable-tls: "true"`
@@ -194,7 +194,7 @@ fn translate_ingress(cx: &mut Context<'_>, key: &ObjectKey, ingress: &Ingress) {
                 for (i, route) in routes.iter().enumerate() {
                     // The default backend ranks after every rule path.
                     let rank = if route.name.ends_with("/default") {
-                        RouteRank::new(route, Some("~~".into()), key.to_string(), usize::MAX, 0)
+                        RouteRank::new(route, Age::DefaultBackend, key.to_string(), usize::MAX, 0)
                     } else {
                         RouteRank::new(route, created.clone(), key.to_string(), i, 0)
                     };
@@ -264,7 +264,7 @@ fn translate_passthrough(cx: &mut Context<'_>, reference: &ResourceRef, spec: &p
             );
             match cx.routes.listener(socket(ip, 80), Protocol::Http, &owner) {
                 Ok(entry) => {
-                    let rank = RouteRank::new(&route, None, key.to_string(), r, 0);
+                    let rank = RouteRank::new(&route, Age::Unknown, key.to_string(), r, 0);
                     entry.hosts.entry(host.clone()).or_default().push(RankedRoute { rank, route });
                 }
                 Err(message) => cx.error(reference, "spec", message),

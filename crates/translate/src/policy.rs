@@ -59,13 +59,14 @@ impl BalanceOverride {
 /// BackendPolicies by what they target: `(kind, namespace/name)`.
 #[derive(Default)]
 pub struct PolicyIndex {
-    by_target: BTreeMap<(String, ObjectKey), BalanceOverride>,
+    /// By target kind, then target: every route and backend looks here, and a lookup copies nothing.
+    by_target: BTreeMap<String, BTreeMap<ObjectKey, BalanceOverride>>,
 }
 
 impl PolicyIndex {
     /// The override for a Service, or a route of `kind`.
     pub fn get(&self, kind: &str, key: &ObjectKey) -> Option<&BalanceOverride> {
-        self.by_target.get(&(kind.to_string(), key.clone()))
+        self.by_target.get(kind)?.get(key)
     }
 }
 
@@ -110,7 +111,7 @@ pub fn index_backend_policies(cx: &mut Context<'_>) -> PolicyIndex {
                     if !exists {
                         missing.push(format!("{} {target_key}", target.kind));
                     }
-                    index.by_target.insert((target.kind.clone(), target_key), settings.clone());
+                    index.by_target.entry(target.kind.clone()).or_default().insert(target_key, settings.clone());
                 }
                 if missing.is_empty() {
                     vec![ok("Accepted", "Accepted", "Policy applied", generation)]
