@@ -53,7 +53,10 @@ pub fn validate(name: &str) -> Result<(), String> {
     if bare.is_empty() || name.len() > 253 {
         return Err(format!("{name:?} is not a valid hostname"));
     }
-    if bare.parse::<std::net::IpAddr>().is_ok() {
+    // Only text made of digits and dots, or with a colon, can be an address: parsing every name as one was a
+    // third of the check.
+    let maybe_address = bare.contains(':') || bare.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if maybe_address && bare.parse::<std::net::IpAddr>().is_ok() {
         return Err(format!("{name:?} is an IP address; hostnames must be names"));
     }
     for label in bare.split('.') {
@@ -110,7 +113,9 @@ mod tests {
     fn hostnames_are_validated() {
         assert!(validate("app01-lab.avi.aclab.uk").is_ok());
         assert!(validate("*.aclab.uk").is_ok());
-        assert!(validate("10.0.0.1").is_err());
+        assert!(validate("10.0.0.1").unwrap_err().contains("IP address"));
+        assert!(validate("::1").unwrap_err().contains("IP address"));
+        assert!(validate("10.0.0.1.example.com").is_ok());
         assert!(validate("Bad_Name.com").is_err());
     }
 }
