@@ -30,6 +30,8 @@ const INSIDE: &str = "PORTICO_KUBE_TEST_DIR";
 const GATEWAY_VIP: &str = "127.0.0.10";
 const INGRESS_VIP: &str = "127.0.0.11";
 const HOST: &str = "app01-lab.avi.aclab.uk";
+/// The article's HTTPRoute.
+const ARTICLE_ROUTE: &str = "app01-aclab-nginx-httproute";
 /// The four test applications' pod addresses (root, pink, blue, green).
 const PODS: [&str; 4] = ["10.244.0.11", "10.244.0.12", "10.244.0.13", "10.244.0.14"];
 
@@ -386,7 +388,7 @@ async fn acceptance(dir: PathBuf) {
     };
     let attached_before = attached(&gateway);
     assert!(attached_before >= 1, "the listeners count the article's route: {gateway}");
-    let route = kube.get("httproutes.gateway.networking.k8s.io", "dev", "app01-aclab-nginx-httproute");
+    let route = kube.get("httproutes.gateway.networking.k8s.io", "dev", ARTICLE_ROUTE);
     assert_eq!(condition(&route, "/status/parents/0/conditions", "Accepted").as_deref(), Some("True"), "{route}");
     assert_eq!(condition(&route, "/status/parents/0/conditions", "ResolvedRefs").as_deref(), Some("True"), "{route}");
     assert_eq!(
@@ -605,6 +607,12 @@ async fn acceptance(dir: PathBuf) {
         assert_eq!(answer.status, 200);
     }
     assert!(requests_of(&second) > second_before, "the second replica serves traffic too");
+    let version = |kube: &Kube, kind: &str, namespace: &str, name: &str| -> String {
+        let object = kube.get(kind, namespace, name);
+        object.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string()
+    };
+    let article_route_version = version(&kube, "httproutes.gateway.networking.k8s.io", "dev", ARTICLE_ROUTE);
+    let class_version = version(&kube, "gatewayclasses.gateway.networking.k8s.io", "", "avi-lb");
     // Kill the leader (no graceful release): the other takes the Lease once it expires.
     let _ = first.child.kill();
     let _ = first.child.wait();
@@ -639,6 +647,24 @@ async fn acceptance(dir: PathBuf) {
     });
     let answer = http_get(GATEWAY_VIP, "failover.aclab.uk", "/").await.expect("route after failover");
     assert_eq!(answer.status, 302);
+    // The new leader wrote no status that was already right: the article's route and the GatewayClass keep
+    // their versions. (Statuses are written in order of kind and name, a pass at a time: once a route named
+    // to come last has its status, the pass that followed the change of leader is over.)
+    kube.apply(&redirect_route("zz-last", gateway_name, HTTP_LISTENER, "last.aclab.uk", "four.example.org"));
+    eventually_sync("the new leader writes the status of a route created last", Duration::from_secs(30), || {
+        let route = kube.get("httproutes.gateway.networking.k8s.io", "dev", "zz-last");
+        (condition(&route, "/status/parents/0/conditions", "Accepted").as_deref() == Some("True")).then_some(())
+    });
+    assert_eq!(
+        version(&kube, "httproutes.gateway.networking.k8s.io", "dev", ARTICLE_ROUTE),
+        article_route_version,
+        "the new leader rewrote the article route's status, which was already right"
+    );
+    assert_eq!(
+        version(&kube, "gatewayclasses.gateway.networking.k8s.io", "", "avi-lb"),
+        class_version,
+        "the new leader rewrote the GatewayClass's status, which was already right"
+    );
     // A leader that stops gracefully hands the Lease back at once, so the next one need not wait for it to
     // expire: no holder any more.
     let mut second = second;
