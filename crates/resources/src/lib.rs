@@ -164,6 +164,11 @@ impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         ObjectKey { namespace: namespace.into(), name: name.into() }
     }
+
+    /// Whether this is the key of `namespace`/`name` (compared in place, without making a key).
+    pub fn is(&self, namespace: &str, name: &str) -> bool {
+        self.namespace == namespace && self.name == name
+    }
 }
 
 impl fmt::Display for ObjectKey {

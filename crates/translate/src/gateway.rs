@@ -19,6 +19,8 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// A Gateway of Portico's, after validation.
 pub struct GatewayInfo {
     pub reference: ResourceRef,
+    /// `reference` as text, which names the owner of the listeners the Gateway's routes go to.
+    pub owner: String,
     pub generation: Option<i64>,
     pub addresses: Vec<IpAddr>,
     pub conditions: Vec<Condition>,
@@ -294,7 +296,8 @@ fn translate_gateway(
             );
         }
     }
-    GatewayInfo { reference, generation, addresses, conditions, listeners }
+    let owner = reference.to_string();
+    GatewayInfo { reference, owner, generation, addresses, conditions, listeners }
 }
 
 fn validate_listener(cx: &mut Context<'_>, reference: &ResourceRef, gateway: &Gateway, index: usize) -> ListenerInfo {

@@ -86,7 +86,7 @@ pub fn is_ours(cx: &mut Context<'_>, gateways: &[GatewayInfo], source: &RouteSou
     let namespace = &source.reference.key.namespace;
     let ours = source.parent_refs.iter().filter(|p| is_gateway_parent(p)).any(|p| {
         let ns = p.namespace.as_deref().unwrap_or(namespace);
-        gateways.iter().any(|g| g.reference.key == ObjectKey::new(ns, &p.name))
+        gateways.iter().any(|g| g.reference.key.is(ns, &p.name))
     });
     if !ours {
         for (i, parent) in source.parent_refs.iter().enumerate() {
@@ -118,8 +118,8 @@ pub fn attach(
     let mut parents = Vec::new();
     let mut attachments = Vec::new();
     for parent in source.parent_refs.iter().filter(|p| is_gateway_parent(p)) {
-        let gateway_key = ObjectKey::new(parent.namespace.as_deref().unwrap_or(&key.namespace), &parent.name);
-        let Some(gateway) = gateways.iter_mut().find(|g| g.reference.key == gateway_key) else {
+        let gateway_namespace = parent.namespace.as_deref().unwrap_or(&key.namespace);
+        let Some(gateway) = gateways.iter_mut().find(|g| g.reference.key.is(gateway_namespace, &parent.name)) else {
             continue;
         };
         let candidates: Vec<usize> = (0..gateway.listeners.len())
@@ -132,7 +132,7 @@ pub fn attach(
         let admitted: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|&i| gateway.listeners[i].admits(cx.snapshot, &gateway_key.namespace, kind, &key.namespace))
+            .filter(|&i| gateway.listeners[i].admits(cx.snapshot, gateway_namespace, kind, &key.namespace))
             .collect();
         // Attachment depends on the parentRef, allowedRoutes and hostnames only, not on the listener's status:
         // a route attached to a listener that is not programmed still counts in its attachedRoutes.
@@ -227,7 +227,7 @@ pub fn attach(
                     attachments.push(Attachment {
                         socket: SocketAddr::new(*ip, listener.port),
                         protocol,
-                        owner: gateway.reference.to_string(),
+                        owner: gateway.owner.clone(),
                         hostnames: hostnames.clone(),
                         passthrough: listener.passthrough,
                     });
