@@ -369,7 +369,7 @@ impl ObservedStatuses {
         };
         match event {
             Event::Apply(object) | Event::InitApply(object) => {
-                let status = object.data.get("status").cloned().unwrap_or(serde_json::Value::Null);
+                let status = object.data.get("status").unwrap_or(&serde_json::Value::Null);
                 let parents = status
                     .get("parents")
                     .and_then(|p| p.as_array())
@@ -382,7 +382,7 @@ impl ObservedStatuses {
                     .unwrap_or_default();
                 let observed = Observed {
                     resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
-                    status: status_hash(&status),
+                    status: status_hash(status),
                     parents,
                 };
                 self.lock().insert(reference(object), observed);
