@@ -209,26 +209,41 @@ type Objects = BTreeMap<Kind, BTreeMap<(String, String), Stored>>;
 
 fn stored(kind: Kind, object: DynamicObject) -> Option<Stored> {
     let value = value_of(kind, object)?;
-    Some(Stored { fingerprint: fingerprint(&value), decoded: decode_object(value, "default") })
+    Some(Stored { fingerprint: json_hash(&value, None), decoded: decode_object(value, "default") })
 }
 
-/// A hash of what is kept of an object, serialised straight into the hasher.
-fn fingerprint(value: &serde_json::Value) -> u64 {
-    use std::hash::Hasher as _;
-    struct Hashing(std::hash::DefaultHasher);
-    impl std::io::Write for Hashing {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.write(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+/// A hash of a JSON value, leaving out object members named `ignored`. Members are fed in key order (serde_json's
+/// map is sorted), so equal values hash alike whatever order the API server wrote them in.
+fn json_hash(value: &serde_json::Value, ignored: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn feed(value: &serde_json::Value, ignored: Option<&str>, hasher: &mut std::hash::DefaultHasher) {
+        match value {
+            serde_json::Value::Null => 0u8.hash(hasher),
+            serde_json::Value::Bool(b) => (1u8, b).hash(hasher),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => (2u8, i).hash(hasher),
+                (None, Some(u)) => (3u8, u).hash(hasher),
+                (None, None) => (4u8, n.as_f64().map(f64::to_bits)).hash(hasher),
+            },
+            serde_json::Value::String(s) => (5u8, s).hash(hasher),
+            serde_json::Value::Array(items) => {
+                (6u8, items.len()).hash(hasher);
+                items.iter().for_each(|item| feed(item, ignored, hasher));
+            }
+            serde_json::Value::Object(map) => {
+                7u8.hash(hasher);
+                for (key, value) in map.iter().filter(|(key, _)| Some(key.as_str()) != ignored) {
+                    key.hash(hasher);
+                    feed(value, ignored, hasher);
+                }
+                // The end of the members, so that `{"a": {}, "b": 1}` and `{"a": {"b": 1}}` differ.
+                8u8.hash(hasher);
+            }
         }
     }
-    let mut hashing = Hashing(std::hash::DefaultHasher::new());
-    // Writing into a hasher cannot fail.
-    let _ = serde_json::to_writer(&mut hashing, value);
-    hashing.0.finish()
+    let mut hasher = std::hash::DefaultHasher::new();
+    feed(value, ignored, &mut hasher);
+    hasher.finish()
 }
 
 fn key_of(object: &DynamicObject) -> (String, String) {
@@ -402,34 +417,10 @@ impl ObservedStatuses {
     }
 }
 
-/// A hash of a status, or part of one, as Portico compares what it writes with what the API server has:
-/// without `lastTransitionTime` (Portico sets it when it writes), object keys in order.
+/// A hash of a status, or part of one, as Portico compares what it writes with what the API server has: without
+/// `lastTransitionTime`, which Portico sets when it writes.
 fn status_hash(value: &serde_json::Value) -> u64 {
-    use std::hash::{Hash, Hasher};
-    fn feed(value: &serde_json::Value, hasher: &mut std::hash::DefaultHasher) {
-        match value {
-            serde_json::Value::Null => 0u8.hash(hasher),
-            serde_json::Value::Bool(b) => (1u8, b).hash(hasher),
-            serde_json::Value::Number(n) => (2u8, n.to_string()).hash(hasher),
-            serde_json::Value::String(s) => (3u8, s).hash(hasher),
-            serde_json::Value::Array(items) => {
-                (4u8, items.len()).hash(hasher);
-                items.iter().for_each(|item| feed(item, hasher));
-            }
-            serde_json::Value::Object(map) => {
-                let mut fields: Vec<_> = map.iter().filter(|(k, _)| *k != "lastTransitionTime").collect();
-                fields.sort_by_key(|(k, _)| *k);
-                (5u8, fields.len()).hash(hasher);
-                for (k, v) in fields {
-                    k.hash(hasher);
-                    feed(v, hasher);
-                }
-            }
-        }
-    }
-    let mut hasher = std::hash::DefaultHasher::new();
-    feed(value, &mut hasher);
-    hasher.finish()
+    json_hash(value, Some("lastTransitionTime"))
 }
 
 /// Status patches sent at once. Two keep the API server busy without a queue there: in the bench (10,000 routes,
@@ -896,6 +887,10 @@ mod tests {
         // The same entry written at another time compares equal; another generation does not.
         assert_eq!(seen.parents[1].1, status_hash(&parent("portico.dev/gateway-controller", "t9", 1)));
         assert_ne!(seen.parents[1].1, status_hash(&parent("portico.dev/gateway-controller", "t1", 2)));
+        // Where an object ends is part of the hash.
+        let flat = serde_json::json!({"a": {}, "b": 1});
+        let nested = serde_json::json!({"a": {"b": 1}});
+        assert_ne!(json_hash(&flat, None), json_hash(&nested, None));
         // A Gateway's status is recorded too; a Service's, which Portico does not write, is not.
         observed.record(Kind::Gateway, &Event::Apply(gateway("8", "192.0.2.1", 1)), &staging);
         let gw = ResourceRef { kind: Kind::Gateway, key: portico_resources::ObjectKey::new("dev", "gw") };
