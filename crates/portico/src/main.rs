@@ -566,10 +566,11 @@ struct WriteBack {
     leadership_epoch: u64,
 }
 
-/// The task that writes statuses, Secrets and Gateway Services back. It takes the latest [`WriteBack`] only:
+/// The task that writes Secrets, Gateway Services and statuses back. It takes the latest [`WriteBack`] only:
 /// at start with 10,000 routes, the first run of status patches takes a minute, and a change made meanwhile
 /// must not wait for it (it did, when the control loop wrote them itself). The writer patches only what
-/// differs from what it last wrote, so skipping intermediate versions loses nothing.
+/// differs from what it last wrote, so skipping intermediate versions loses nothing. Secrets and Services go
+/// first: they are few, and a Gateway's Service (its address) waited behind every route's status.
 fn spawn_write_back(
     mut writer: portico_provider::kubernetes::StatusWriter,
     services_namespace: Option<String>,
@@ -584,9 +585,6 @@ fn spawn_write_back(
                 epoch = job.leadership_epoch;
             }
             let snapshot = &job.loaded.snapshot;
-            for error in writer.write(&job.statuses.statuses, snapshot).await {
-                tracing::warn!(%error);
-            }
             for error in writer.write_secrets(&job.secrets, snapshot).await {
                 tracing::warn!(%error);
             }
@@ -594,6 +592,9 @@ fn spawn_write_back(
                 for error in writer.sync_gateway_services(&job.services, &job.loaded, namespace).await {
                     tracing::warn!(%error);
                 }
+            }
+            for error in writer.write(&job.statuses.statuses, snapshot).await {
+                tracing::warn!(%error);
             }
         }
     });
