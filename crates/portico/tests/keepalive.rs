@@ -233,7 +233,8 @@ async fn every_body_framing_arrives_whole_and_keeps_the_connection_in_step() {
     let (port, accepted) = framing_backend().await;
     let dir = tempfile::tempdir().expect("tempdir");
     common::write_file(dir.path(), "config.yaml", &config("127.0.0.123", port));
-    let _portico = Portico::start(&[dir.path()], 19913, &[]);
+    // On the single-threaded runtime (one CPU), where the lean HTTP/1.1 client shares the thread.
+    let _portico = Portico::start(&[dir.path()], 19913, &["--workers", "1"]);
     let vip: SocketAddr = "127.0.0.123:8080".parse().expect("vip");
     let get = |method: &'static str, path: &'static str| async move {
         let answer = request(vip, "raw.example", method, path, &[], None).await.expect("request");

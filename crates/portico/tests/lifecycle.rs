@@ -18,7 +18,9 @@ async fn sigterm_drains_and_exits() {
     let backends = Backends::start(&["a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("config.yaml"), one_route("127.0.0.61", backends.http_port(0))).expect("write");
-    let mut portico = Portico::start(&[dir.path()], 19961, &["--drain-seconds", "5"]);
+    // On the single-threaded runtime (what Portico picks on one CPU), where the drain runs on the thread that
+    // serves.
+    let mut portico = Portico::start(&[dir.path()], 19961, &["--drain-seconds", "5", "--workers", "1"]);
     let vip: SocketAddr = "127.0.0.61:8080".parse().expect("vip");
     assert_eq!(common::get(vip, "any.example", "/green").await.status, 200);
 
@@ -40,6 +42,7 @@ async fn sigterm_drains_and_exits() {
     drop(idle);
     let log = std::fs::read_to_string(&portico.log).unwrap_or_default();
     assert!(log.contains("draining") && log.contains("stopped"), "{log}");
+    assert!(log.contains("runtime started: 1 worker thread\n"), "{log}");
 }
 
 /// A kept-alive TLS connection outlives the handshake timeout (10 s): only the handshake is time-limited.

@@ -21,7 +21,8 @@ async fn websocket_echo_through_portico() {
         + &service("echo", backends.http_port(0))
         + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ws}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [ws.example]\n  rules: [{backendRefs: [{name: echo, port: 80}]}]\n";
     std::fs::write(dir.path().join("config.yaml"), config).expect("write");
-    let _portico = Portico::start(&[dir.path()], 19974, &[]);
+    // The single-threaded runtime (one CPU) relays the upgraded connection too.
+    let _portico = Portico::start(&[dir.path()], 19974, &["--workers", "1"]);
     let stream = tokio::net::TcpStream::connect("127.0.0.74:8080").await.expect("connect");
     let (mut socket, response) = tokio_tungstenite::client_async("ws://ws.example/ws", stream)
         .await
@@ -88,7 +89,8 @@ async fn grpc_unary_and_streaming_over_h2c_and_tls() {
         service("grpc", backend.port())
     );
     std::fs::write(dir.path().join("config.yaml"), config).expect("write");
-    let _portico = Portico::start(&[dir.path()], 19973, &["--default-namespace", "dev"]);
+    // HTTP/2 streams (a task each) on the single-threaded runtime that Portico picks on one CPU.
+    let _portico = Portico::start(&[dir.path()], 19973, &["--default-namespace", "dev", "--workers", "1"]);
 
     let h2c = channel("http://grpc.example:8080", "127.0.0.73:8080".parse().expect("vip"), None).await;
     unary_and_streaming(h2c, &reporter).await;
