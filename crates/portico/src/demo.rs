@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 const BACKENDS: [(&str, u16, u16); 4] =
     [("root", 18080, 18443), ("pink", 18081, 18444), ("blue", 18082, 18445), ("green", 18083, 18446)];
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs, serving: tokio::runtime::Handle) -> anyhow::Result<()> {
     let tls = args.example.join("tls");
     if !tls.join("backend-chain.crt").exists() {
         anyhow::bail!(
@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         Some(stop_tx)
     };
-    let result = crate::run(run_args, Some(stop_rx)).await;
+    let result = crate::run(run_args, Some(stop_rx), serving).await;
     for app in apps {
         app.shutdown().await;
     }

@@ -26,8 +26,9 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "portico", version, about)]
 struct Cli {
-    /// Threads that serve traffic and run the control plane; by default one per CPU this process may use (its
-    /// CPU affinity). With one, the runtime is single-threaded: tasks run in the order they were woken.
+    /// Threads that serve traffic; by default one per CPU this process may use (its CPU affinity). With one,
+    /// connections are served by a single-threaded runtime (tasks run in the order they were woken) on a thread of
+    /// its own, and the control plane runs on the main thread.
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     #[command(subcommand)]
@@ -341,6 +342,39 @@ fn runtime(workers: Option<u16>) -> std::io::Result<(tokio::runtime::Runtime, us
     Ok((builder.enable_all().build()?, workers))
 }
 
+/// With one worker, `portico run` serves connections on a current-thread runtime of a thread of its own, and runs
+/// the control plane on the main thread's. Translating a large configuration holds its thread for 100 ms or more
+/// (10,000 routes); on one runtime, requests waited for it (244 ms at worst during updates, bench scenario 8),
+/// where with two threads the kernel shares the CPU between them, as it did between the main thread and the one
+/// worker of a work-stealing runtime (12-14 ms).
+struct ServingThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServingThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("portico-serve".into()).spawn(move || {
+            let _ = runtime.block_on(stopped);
+        })?;
+        Ok(ServingThread { handle, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for ServingThread {
+    /// Stops the runtime (its tasks are dropped) and waits for the thread.
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -355,29 +389,36 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     raise_open_files_limit();
-    let runtime = match runtime(cli.workers) {
-        Ok((runtime, workers)) => {
-            if matches!(cli.command, Command::Run(_)) {
+    let serves = matches!(cli.command, Command::Run(_) | Command::Demo(_));
+    let started = runtime(cli.workers).and_then(|(runtime, workers)| {
+        let serving_thread = if serves && workers == 1 { Some(ServingThread::start()?) } else { None };
+        Ok((runtime, workers, serving_thread))
+    });
+    let (runtime, serving_thread) = match started {
+        Ok((runtime, workers, serving_thread)) => {
+            if serves {
                 tracing::info!("runtime started: {workers} worker thread{}", if workers == 1 { "" } else { "s" });
             }
-            runtime
+            (runtime, serving_thread)
         }
         Err(error) => {
             eprintln!("portico: cannot start the runtime: {error}");
             return std::process::ExitCode::FAILURE;
         }
     };
+    let serving = serving_thread.as_ref().map_or_else(|| runtime.handle().clone(), |thread| thread.handle.clone());
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run(args, None).await.map(|()| true),
+            Command::Run(args) => run(args, None, serving).await.map(|()| true),
             Command::Validate(args) => validate(&args),
             Command::Translate(args) => translate_command(&args).map(|()| true),
             Command::Testapp(args) => testapp(args).await.map(|()| true),
-            Command::Demo(args) => demo::run(args).await.map(|()| true),
+            Command::Demo(args) => demo::run(args, serving).await.map(|()| true),
             Command::Ca(command) => ca::run(command).map(|()| true),
             Command::Dns(command) => dns::command(command).await.map(|()| true),
         }
     });
+    drop(serving_thread);
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
@@ -474,15 +515,26 @@ fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
-async fn run(args: RunArgs, stop: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<()> {
+/// `portico run`: the control plane on this task's runtime; connections, and DNS queries, served on `serving`'s.
+async fn run(
+    args: RunArgs,
+    stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    serving: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     // DNS (--config-file): the authoritative server and the sync, fed by the controller on every apply.
     let config_file = config_file::ConfigFile::load(args.source.config_file.as_deref())?;
     let dns = match config_file.dns_config()? {
-        Some(settings) => Some(dns::DnsRuntime::start(&settings).await?),
+        // Started there, its tasks run there.
+        Some(settings) => Some(
+            serving
+                .spawn(async move { dns::DnsRuntime::start(&settings).await })
+                .await
+                .context("the DNS server's start failed")??,
+        ),
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
-    let proxy = Arc::new(Proxy::new(metrics.clone())?);
+    let proxy = Arc::new(Proxy::new(metrics.clone(), serving)?);
     proxy.set_reuse_port(args.reuse_port);
     proxy.set_pool_request_limit(args.pool_request_limit);
     proxy.set_request_head_timeout(Duration::from_secs_f64(args.request_head_timeout));

@@ -68,13 +68,15 @@ pub(crate) struct Shared {
 /// The proxy runtime.
 pub struct Proxy {
     shared: Arc<Shared>,
+    /// The tokio runtime that accepts and serves connections (every task a connection spawns runs there).
+    serving: tokio::runtime::Handle,
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, listener::ListenerHandle>>,
     reuse_port: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
-    /// A proxy with no listeners; call [`Proxy::apply`] to configure it.
-    pub fn new(metrics: Arc<Metrics>) -> Result<Self, ProxyError> {
+    /// A proxy with no listeners, serving on the runtime of `serving`; call [`Proxy::apply`] to configure it.
+    pub fn new(metrics: Arc<Metrics>, serving: tokio::runtime::Handle) -> Result<Self, ProxyError> {
         let empty = Compiled { listeners: HashMap::default() };
         Ok(Proxy {
             shared: Arc::new(Shared {
@@ -92,6 +94,7 @@ impl Proxy {
                 pools: portico_balance::PoolRegistry::new(),
                 challenges: arc_swap::ArcSwapOption::empty(),
             }),
+            serving,
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             reuse_port: std::sync::atomic::AtomicBool::new(false),
         })
@@ -130,8 +133,12 @@ impl Proxy {
             endpoints: p.endpoints.iter().map(|e| (*e, 1)).collect(),
             config: p.balance.clone(),
         });
-        let states = self.shared.pools.sync(specs);
-        let compiled = Compiled::new(ir, &self.shared.clients, &states)?;
+        // The health checks and pool sweeps these start run on the serving runtime too.
+        let compiled = {
+            let _serving = self.serving.enter();
+            let states = self.shared.pools.sync(specs);
+            Compiled::new(ir, &self.shared.clients, &states)?
+        };
         let wanted: HashMap<SocketAddr, portico_ir::Protocol> =
             compiled.listeners.iter().map(|(a, l)| (*a, l.protocol)).collect();
         self.shared.state.store(Arc::new(compiled));
@@ -151,8 +158,13 @@ impl Proxy {
             if listeners.contains_key(&address) {
                 continue;
             }
-            match bind(address, self.reuse_port.load(std::sync::atomic::Ordering::Relaxed)).await {
-                Ok(socket) => match listener::spawn(socket, address, protocol, self.shared.clone()) {
+            // Registered with the serving runtime's reactor, which then wakes the accept loop itself.
+            let bound = {
+                let _serving = self.serving.enter();
+                bind(address, self.reuse_port.load(std::sync::atomic::Ordering::Relaxed))
+            };
+            match bound {
+                Ok(socket) => match listener::spawn(socket, address, protocol, self.shared.clone(), &self.serving) {
                     Ok(handle) => {
                         tracing::info!(%address, ?protocol, "listening");
                         listeners.insert(address, handle);
@@ -200,7 +212,7 @@ impl Proxy {
 }
 
 /// Binds with SO_REUSEADDR so a restart does not wait for TIME_WAIT sockets.
-async fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     if reuse_port {

@@ -91,12 +91,13 @@ impl Drop for ListenerHandle {
     }
 }
 
-/// Starts accepting on a bound socket.
+/// Starts accepting on a bound socket, on the runtime of `serving`.
 pub fn spawn(
     listener: TcpListener,
     address: SocketAddr,
     protocol: Protocol,
     shared: Arc<Shared>,
+    serving: &tokio::runtime::Handle,
 ) -> Result<ListenerHandle, rustls::Error> {
     let tls = match protocol {
         Protocol::Https | Protocol::Tls => {
@@ -104,7 +105,7 @@ pub fn spawn(
         }
         Protocol::Http => None,
     };
-    let task = tokio::spawn(async move {
+    let task = serving.spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
