@@ -514,8 +514,8 @@ fn translate_command(args: &SourceArgs) -> anyhow::Result<()> {
 /// (or a watch event burst) to arrive together, short against the update-to-serving budget (issue 7: 200 ms).
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(20);
 
-/// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo).
-/// `portico run`: the control plane on this task's runtime; connections, and DNS queries, served on `serving`'s.
+/// `portico run`: serve until SIGTERM or Ctrl-C (or until `stop` resolves, for the demo). The control plane runs
+/// on this task's runtime; connections, DNS queries and health checks on `serving`'s.
 async fn run(
     args: RunArgs,
     stop: Option<tokio::sync::oneshot::Receiver<()>>,

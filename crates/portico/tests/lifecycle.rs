@@ -18,8 +18,8 @@ async fn sigterm_drains_and_exits() {
     let backends = Backends::start(&["a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("config.yaml"), one_route("127.0.0.61", backends.http_port(0))).expect("write");
-    // On the single-threaded runtime (what Portico picks on one CPU), where the drain runs on the thread that
-    // serves.
+    // With one worker (what Portico picks on one CPU): connections served on a thread of their own, drained from
+    // the main thread.
     let mut portico = Portico::start(&[dir.path()], 19961, &["--drain-seconds", "5", "--workers", "1"]);
     let vip: SocketAddr = "127.0.0.61:8080".parse().expect("vip");
     assert_eq!(common::get(vip, "any.example", "/green").await.status, 200);
