@@ -77,6 +77,8 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy with no listeners, serving on the runtime of `serving`; call [`Proxy::apply`] to configure it.
     pub fn new(metrics: Arc<Metrics>, serving: tokio::runtime::Handle) -> Result<Self, ProxyError> {
+        // The shared HTTP/1.1 pool's sweeper starts on the serving runtime, with the connections it sweeps.
+        let _serving = serving.enter();
         let empty = Compiled { listeners: HashMap::default() };
         Ok(Proxy {
             shared: Arc::new(Shared {
