@@ -353,8 +353,8 @@ struct ObservedStatuses(std::sync::Arc<std::sync::Mutex<HashMap<ResourceRef, Obs
 #[derive(Clone, Debug, PartialEq)]
 struct Observed {
     resource_version: String,
-    /// The whole status.
-    status: u64,
+    /// The whole status; `None` for a route, which is compared by `parents`.
+    status: Option<u64>,
     /// A route's `status.parents` entries: controllerName and hash of each, in order.
     parents: Vec<(String, u64)>,
 }
@@ -385,19 +385,20 @@ impl ObservedStatuses {
         match event {
             Event::Apply(object) | Event::InitApply(object) => {
                 let status = object.data.get("status").unwrap_or(&serde_json::Value::Null);
-                let parents = status
-                    .get("parents")
-                    .and_then(|p| p.as_array())
-                    .map(|parents| {
-                        let controller = |p: &serde_json::Value| {
-                            p.get("controllerName").and_then(|c| c.as_str()).unwrap_or_default().to_string()
-                        };
-                        parents.iter().map(|p| (controller(p), status_hash(p))).collect()
-                    })
-                    .unwrap_or_default();
+                // Each part hashed once: a route by its parents, anything else whole.
+                let (status_hash_whole, parents) = if kind.is_route() {
+                    let controller = |p: &serde_json::Value| {
+                        p.get("controllerName").and_then(|c| c.as_str()).unwrap_or_default().to_string()
+                    };
+                    let parents =
+                        status.get("parents").and_then(|p| p.as_array()).map(Vec::as_slice).unwrap_or_default();
+                    (None, parents.iter().map(|p| (controller(p), status_hash(p))).collect())
+                } else {
+                    (Some(status_hash(status)), Vec::new())
+                };
                 let observed = Observed {
                     resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
-                    status: status_hash(status),
+                    status: status_hash_whole,
                     parents,
                 };
                 self.lock().insert(reference(object), observed);
@@ -538,7 +539,7 @@ impl StatusWriter {
     /// for a route, Portico's entries in `status.parents`.
     fn already_there(&self, reference: &ResourceRef, status: &serde_json::Value, observed: &Observed) -> bool {
         if !reference.kind.is_route() {
-            return observed.status == status_hash(status);
+            return observed.status == Some(status_hash(status));
         }
         let ours = status.get("parents").and_then(|p| p.as_array()).map(Vec::as_slice).unwrap_or_default();
         let there = observed.parents.iter().filter(|(controller, _)| *controller == self.controller_name);
