@@ -44,6 +44,15 @@ pub struct FileProvider {
     /// Files whose last parse was clean, by the hash of their text: the warnings and ignored kinds of that
     /// parse (the objects are in `last_good`).
     unchanged: BTreeMap<PathBuf, Unchanged>,
+    /// Every file of the last load with the hash of its text, sorted: a load that reads the same is not sent.
+    last_read: Vec<(PathBuf, u64)>,
+}
+
+/// One manifest file as read.
+struct FileText {
+    path: PathBuf,
+    hash: u64,
+    text: String,
 }
 
 struct Unchanged {
@@ -94,6 +103,7 @@ impl FileProvider {
             default_namespace: default_namespace.into(),
             last_good: BTreeMap::new(),
             unchanged: BTreeMap::new(),
+            last_read: Vec::new(),
         }
     }
 
@@ -130,20 +140,51 @@ impl FileProvider {
 
     /// Reads every file into a snapshot.
     pub fn load(&mut self) -> Result<Loaded, ProviderError> {
-        let mut loaded = Loaded::default();
-        let files = self.files()?;
-        let mut seen = Vec::new();
-        let mut objects = Vec::new();
-        for path in files {
+        let texts = self.read()?;
+        Ok(self.build(texts))
+    }
+
+    /// Like [`FileProvider::load`], but `None` when every file reads as at the last load: an editor's swap
+    /// file, a `touch`, or the temporary file of an atomic save raise events, and with 10,000 routes a
+    /// translation for nothing costs most of a second.
+    pub fn load_if_changed(&mut self) -> Result<Option<Loaded>, ProviderError> {
+        let texts = self.read()?;
+        let read: Vec<(PathBuf, u64)> = texts.iter().map(|file| (file.path.clone(), file.hash)).collect();
+        if read == self.last_read {
+            return Ok(None);
+        }
+        Ok(Some(self.build(texts)))
+    }
+
+    /// The text of every manifest file, in file order.
+    fn read(&self) -> Result<Vec<FileText>, ProviderError> {
+        let mut texts = Vec::new();
+        for path in self.files()? {
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 // Deleted between listing and reading: the next event reloads.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(ProviderError::Read { path, source }),
             };
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut hasher);
+            texts.push(FileText { path, hash: hasher.finish(), text });
+        }
+        Ok(texts)
+    }
+
+    /// Parses the files read (or takes the objects of files unchanged since their last clean parse) into a
+    /// snapshot.
+    fn build(&mut self, texts: Vec<FileText>) -> Loaded {
+        let mut loaded = Loaded::default();
+        self.last_read = texts.iter().map(|file| (file.path.clone(), file.hash)).collect();
+        let mut seen = Vec::new();
+        let mut objects = Vec::new();
+        for FileText { path, hash, text } in texts {
             loaded.files += 1;
             let shown = path.display().to_string();
-            let Some(parsed) = self.parse(&path, &shown, &text) else {
+            let Some(parsed) = self.parse(&path, &shown, &text, hash) else {
                 // Unchanged since its last clean parse: its objects go from the cache into the snapshot (shared,
                 // not copied).
                 let resources = self.last_good.get(&path).map_or(&[][..], Vec::as_slice);
@@ -190,18 +231,14 @@ impl FileProvider {
         build_snapshot(&mut loaded, objects);
         self.last_good.retain(|path, _| seen.contains(path));
         self.unchanged.retain(|path, _| seen.contains(path));
-        Ok(loaded)
+        loaded
     }
 
     /// Parses a file, or takes the objects of its last parse when its text has not changed (one file of many
     /// changes at a time: with 10,000 routes in 100 files, parsing is most of a reload).
     /// The file parsed, or `None` when its text is the same as at its last clean parse (then `last_good` and
     /// `unchanged` hold what that parse gave).
-    fn parse(&mut self, path: &PathBuf, shown: &str, text: &str) -> Option<portico_resources::ParsedFile> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut hasher);
-        let hash = hasher.finish();
+    fn parse(&mut self, path: &PathBuf, shown: &str, text: &str, hash: u64) -> Option<portico_resources::ParsedFile> {
         if self.unchanged.get(path).is_some_and(|same| same.hash == hash) && self.last_good.contains_key(path) {
             return None;
         }
@@ -243,29 +280,33 @@ impl FileProvider {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let _watcher = watcher; // lives as long as the task
-            let mut provider = self;
+            // Loads run on the blocking pool: reading and parsing thousands of manifests (or cloning the 10,000
+            // objects of the unchanged files) took 40-400 ms of a runtime worker, during which the requests on
+            // that worker waited.
+            let Some((mut provider, first)) = on_blocking_pool(self, Self::load).await else { return };
+            if tx.send(first).await.is_err() {
+                return;
+            }
             loop {
-                let Some((returned, loaded)) = provider.load_off_runtime().await else { return };
-                provider = returned;
-                if tx.send(loaded).await.is_err() {
-                    return;
-                }
                 if events_rx.recv().await.is_none() {
                     return;
                 }
                 // Let a burst of writes (an editor's save, a `cp -r`) settle before reading.
                 tokio::time::sleep(debounce).await;
                 while events_rx.try_recv().is_ok() {}
+                let Some((returned, loaded)) = on_blocking_pool(provider, Self::load_if_changed).await else { return };
+                provider = returned;
+                let loaded = match loaded {
+                    Ok(None) => continue, // the events changed no file's text
+                    Ok(Some(loaded)) => Ok(loaded),
+                    Err(error) => Err(error),
+                };
+                if tx.send(loaded).await.is_err() {
+                    return;
+                }
             }
         });
         Ok(rx)
-    }
-
-    /// [`FileProvider::load`] on the blocking pool. Reading and parsing thousands of manifests (or cloning
-    /// the 10,000 objects of the unchanged files) took 40-400 ms of a runtime worker, during which the requests
-    /// on that worker waited. `None` if the load panicked.
-    async fn load_off_runtime(self) -> Option<(Self, Result<Loaded, ProviderError>)> {
-        on_blocking_pool(self, Self::load).await
     }
 }
 
@@ -332,6 +373,32 @@ mod tests {
             assert!(again[0].file.as_deref().is_some_and(|f| f.ends_with("b.yaml")));
         }
         assert_eq!(second.diagnostics.len(), third.diagnostics.len());
+    }
+
+    /// Events that change no file's text (a hidden temporary file, the same text written again, a broken file
+    /// still broken the same way) give no new load; a change, a new file or a deleted one does.
+    #[test]
+    fn a_load_that_reads_the_same_files_is_not_sent_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+        write("a.yaml", NAMESPACE);
+        let mut provider = FileProvider::new(vec![dir.path().to_path_buf()], "default");
+        assert_eq!(provider.load().expect("load").snapshot.namespaces.len(), 1);
+        write(".a.yaml.tmp", "kind: [broken\n");
+        write("a.yaml", NAMESPACE);
+        assert!(provider.load_if_changed().expect("load").is_none(), "same text, and a hidden file");
+
+        write("b.yaml", "kind: [broken\n");
+        let broken = provider.load_if_changed().expect("load").expect("a new file is a change");
+        assert!(broken.has_errors());
+        assert!(provider.load_if_changed().expect("load").is_none(), "still broken the same way");
+
+        write("b.yaml", &NAMESPACE.replace("team", "other"));
+        let fixed = provider.load_if_changed().expect("load").expect("a new text is a change");
+        assert_eq!(fixed.snapshot.namespaces.len(), 2);
+        std::fs::remove_file(dir.path().join("b.yaml")).expect("remove");
+        let removed = provider.load_if_changed().expect("load").expect("a deleted file is a change");
+        assert_eq!(removed.snapshot.namespaces.len(), 1);
     }
 
     /// Two files define the same object: the later file's version is used, and the warning points at it.
