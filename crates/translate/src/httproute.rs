@@ -109,6 +109,10 @@ pub fn push_routes(
         };
         for host in &attachment.hostnames {
             let routes = entry.hosts.entry(host.clone()).or_default();
+            if routes.is_empty() {
+                // Most hosts have one route's matches: room for exactly those, not the 4 of a first push.
+                routes.reserve_exact(rules.iter().flatten().map(|rule| rule.matches.len()).sum());
+            }
             for (rule_index, rule) in rules.iter().enumerate() {
                 let Some(rule) = rule else { continue };
                 for (match_index, matcher) in rule.matches.iter().enumerate() {
