@@ -12,6 +12,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -126,11 +127,14 @@ pub fn spawn(
             let watched = activity.clone();
             let connection = tokio::spawn(async move {
                 let _ended = watched.end_guard();
-                match tls {
-                    None => serve(shared, stream, address, peer, "http", watched).await,
+                // Each kind of connection in a box of its own size: in one state machine, every plain HTTP
+                // connection took the room of a TLS one for as long as it lived (8.8 KB against 1.6 KB).
+                let connection: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+                    None => Box::pin(serve(shared, stream, address, peer, "http", watched)),
                     // The handshake (and the SNI peek) are time-limited inside; the connection itself is not.
-                    Some(acceptor) => serve_tls(shared, acceptor, stream, address, peer, watched).await,
-                }
+                    Some(acceptor) => Box::pin(serve_tls(shared, acceptor, stream, address, peer, watched)),
+                };
+                connection.await
             });
             tokio::spawn(close_when_idle(connection.abort_handle(), activity, head_timeout, peer));
         }
