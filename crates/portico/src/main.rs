@@ -300,6 +300,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `bench/run.sh http1 https --reps 3 --duration 5`, back to back): updates 149-200 ms without THP against
 /// 123-303 ms with them (medians 177 and 171), but HTTP/1.1 at 0.84 of nginx's requests/s without against 0.98
 /// with. They stay allowed.
+///
+/// Through the API server (`bench/run.sh kube --routes 10000`), RSS serving / right after updates / 2 s later
+/// was 183 / 204 / 130 MiB with them against 149 / 166 / 113 without; once the IR's virtual hosts stopped keeping
+/// the room of their staging vectors, 154 / 193 / 122 against 128 / 140 / 103 (one run each); with the route
+/// statuses' vectors sized too (heaptrack: 122 -> 96 MB of heap at the peak), 143 / 161 / 96 with them, under
+/// the 200 MiB bar.
 fn tune_allocator() {
     // mimalloc 3's option numbers (libmimalloc-sys 0.1 does not name these two).
     const OPTIONS: [(libmimalloc_sys::mi_option_t, &str, std::ffi::c_long); 2] =
