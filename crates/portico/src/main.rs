@@ -275,6 +275,7 @@ struct DemoArgs {
 /// code with either allocator (issue 7): update-to-serving 236-241 -> 198-201 ms (median) and RSS after updates
 /// 202 -> 189-195 MiB, but the first update after start 189-196 -> 307-324 ms (memory growing for the first time)
 /// and RSS serving 119 -> 140 MiB. A proxied request costs the same instructions with either.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
