@@ -401,4 +401,46 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_millis(100), accepted[0].peek(&mut byte)).await;
         assert!(read.is_err(), "the open connection was closed");
     }
+
+    /// A kept connection that takes the request and closes without a byte of answer (the backend's idle timeout
+    /// racing the request): the request goes again, byte for byte, on the next kept connection.
+    #[tokio::test]
+    async fn a_request_lost_in_a_closing_connection_goes_again_on_another() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = listener.local_addr().expect("address");
+        let pool = Arc::new(Http1Pool::plain());
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            let connection = pool.connect(endpoint).await.expect("connect");
+            accepted.push(listener.accept().await.expect("accept").0);
+            pool.put(endpoint, connection);
+        }
+        // The pool hands out the most recently kept connection first: the second one, which closes.
+        let (mut answering, mut closing) = (accepted.remove(0), accepted.remove(0));
+        async fn read_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(stream.read(&mut byte).await.expect("read"), 1, "the head ended early");
+                head.push(byte[0]);
+            }
+            head
+        }
+        let backend = tokio::spawn(async move {
+            let lost = read_head(&mut closing).await;
+            drop(closing);
+            let again = read_head(&mut answering).await;
+            answering.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
+            (lost, again)
+        });
+        let request =
+            Request::get("/again?x=1").header("host", "h.example").body(crate::handler::empty_body()).expect("request");
+        let sent = tokio::time::timeout(Duration::from_secs(5), pool.send(endpoint, request)).await;
+        let response = sent.expect("an answer in time").expect("sent again");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let (lost, again) = backend.await.expect("backend");
+        assert_eq!(String::from_utf8_lossy(&again), String::from_utf8_lossy(&lost), "the same request, again");
+        assert!(again.starts_with(b"GET /again?x=1 HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&again));
+    }
 }
