@@ -120,6 +120,27 @@ async fn connections_the_backend_closed_cost_no_request() {
     assert_eq!(seen.connections, 10, "each request needed a new connection");
 }
 
+/// A client that shuts down its sending side once its request is written (`nc -N`, `curl` with some options,
+/// HTTP/1.0 clients) still gets the answer: the end of its stream is not taken as a request given up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let (port, seen) = raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_file(dir.path(), "config.yaml", &config("127.0.0.124", port));
+    let _portico = Portico::start(&[dir.path()], 19914, &[]);
+    let mut client = tokio::net::TcpStream::connect("127.0.0.124:8080").await.expect("connect");
+    client.write_all(b"GET /half HTTP/1.1\r\nHost: raw.example\r\n\r\n").await.expect("write");
+    client.shutdown().await.expect("shut down the sending side");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nok"), "{answer:?}");
+    assert_eq!(seen.lock().expect("lock").heads.len(), 1, "the request reached the backend once");
+}
+
 /// A backend answering by path with each way RFC 9112 frames a body, written in pieces so that Portico reads
 /// them in several parts: Content-Length, chunked with an extension and a trailer, an interim 103 before the
 /// answer, HEAD and 304 (a length but no body), a POST's body echoed, a body of 1 MiB (read in growing parts),
