@@ -242,6 +242,8 @@ pub fn attach(
             conditions,
         });
     }
+    // Fewer when a parentRef names no Gateway of Portico's: a no-op otherwise.
+    parents.shrink_to_fit();
     cx.set_status(source.reference.clone(), ResourceStatus::Route(RouteStatus { parents }));
     attachments
 }
