@@ -149,8 +149,9 @@ impl FileProvider {
     /// translation for nothing costs most of a second.
     pub fn load_if_changed(&mut self) -> Result<Option<Loaded>, ProviderError> {
         let texts = self.read()?;
-        let read: Vec<(PathBuf, u64)> = texts.iter().map(|file| (file.path.clone(), file.hash)).collect();
-        if read == self.last_read {
+        // `build` records what it read; compared here without building that list again.
+        let same = texts.iter().map(|file| (&file.path, file.hash)).eq(self.last_read.iter().map(|(p, h)| (p, *h)));
+        if same {
             return Ok(None);
         }
         Ok(Some(self.build(texts)))
