@@ -37,6 +37,27 @@ async fn check_pages(vip: &str, h2: bool, expect_proto: &str) {
     }
 }
 
+/// An HTTP/1.0 request without Host over TLS is for the name the client asked for in the handshake (SNI): it
+/// is routed by that name and reaches the backend with it as Host (RFC 9112 section 3.3).
+async fn http10_without_host_is_routed_by_sni(vip: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = repo().join("examples/article/tls/root-ca.crt");
+    for host in HOSTS {
+        let stream = tokio::net::TcpStream::connect(format!("{vip}:443")).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("server name");
+        let mut stream =
+            tokio_rustls::TlsConnector::from(tls_config(&ca, false)).connect(name, stream).await.expect("TLS");
+        stream.write_all(b"GET /pink HTTP/1.0\r\n\r\n").await.expect("write");
+        let mut answer = Vec::new();
+        // The server ends the connection after an HTTP/1.0 answer; a missing close_notify is not the point here.
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(answer.starts_with("http/1.0 200 ok\r\n"), "{host}: {answer}");
+        assert!(answer.contains(&format!("\r\nx-testapp-host: {host}\r\n")), "{host}: {answer}");
+        assert!(answer.contains("<title>pink</title>"), "{host}: {answer}");
+    }
+}
+
 fn conditions(status: &serde_json::Value) -> Vec<String> {
     let mut found = Vec::new();
     collect_conditions(status, &mut found);
@@ -118,6 +139,7 @@ async fn ingress_flavour_reencrypts_to_the_backends() {
     // The backends only speak TLS here: a page served proves re-encryption verified against the example CA.
     check_pages(vip, false, "https").await;
     check_pages(vip, true, "https").await;
+    http10_without_host_is_routed_by_sni(vip).await;
 
     // The Ingress serves its rules on port 80 too; the HostRule alias works there as well.
     for host in HOSTS {

@@ -120,6 +120,28 @@ async fn connections_the_backend_closed_cost_no_request() {
     assert_eq!(seen.connections, 10, "each request needed a new connection");
 }
 
+/// Whether a raw client shuts down its sending side once its request is written.
+#[derive(PartialEq)]
+enum Shutdown {
+    AfterRequest,
+    No,
+}
+
+/// Writes `request` on a new connection and reads the answer until Portico closes the connection.
+async fn raw_exchange(vip: &str, request: &[u8], shutdown: Shutdown) -> String {
+    let mut client = tokio::net::TcpStream::connect(vip).await.expect("connect");
+    client.write_all(request).await.expect("write");
+    if shutdown == Shutdown::AfterRequest {
+        client.shutdown().await.expect("shut down the sending side");
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends in time")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A client that shuts down its sending side once its request is written (`nc -N`, `curl` with some options,
 /// HTTP/1.0 clients) still gets the answer: the end of its stream is not taken as a request given up.
 #[tokio::test(flavor = "multi_thread")]
@@ -128,17 +150,34 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
     common::write_file(dir.path(), "config.yaml", &config("127.0.0.124", port));
     let _portico = Portico::start(&[dir.path()], 19914, &[]);
-    let mut client = tokio::net::TcpStream::connect("127.0.0.124:8080").await.expect("connect");
-    client.write_all(b"GET /half HTTP/1.1\r\nHost: raw.example\r\n\r\n").await.expect("write");
-    client.shutdown().await.expect("shut down the sending side");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
-        .await
-        .expect("the connection ends in time")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let request = b"GET /half HTTP/1.1\r\nHost: raw.example\r\n\r\n";
+    let answer = raw_exchange("127.0.0.124:8080", request, Shutdown::AfterRequest).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nok"), "{answer:?}");
     assert_eq!(seen.lock().expect("lock").heads.len(), 1, "the request reached the backend once");
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without Host is refused by Portico itself, and reaches no backend;
+/// an HTTP/1.0 request without Host (valid in HTTP/1.0) reaches the backend with the address the client
+/// connected to as its Host, since Portico speaks HTTP/1.1 to the backend, where a request without one is
+/// invalid (nginx answers such a request 400 and closes the connection, which Portico kept for others).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_host_is_refused_in_http11_and_given_the_servers_name_in_http10() {
+    let (port, seen) = raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_file(dir.path(), "config.yaml", &config("127.0.0.125", port));
+    let _portico = Portico::start(&[dir.path()], 19915, &[]);
+    let refused =
+        raw_exchange("127.0.0.125:8080", b"GET /eleven HTTP/1.1\r\nConnection: close\r\n\r\n", Shutdown::No).await;
+    assert!(refused.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{refused:?}");
+    assert!(refused.ends_with("an HTTP/1.1 request needs a Host header\n"), "{refused:?}");
+    assert!(seen.lock().expect("lock").heads.is_empty(), "the refused request reached the backend");
+
+    let answer = raw_exchange("127.0.0.125:8080", b"GET /ten HTTP/1.0\r\n\r\n", Shutdown::No).await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n") && answer.ends_with("\r\n\r\nok"), "{answer:?}");
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.heads.len(), 1, "{:?}", seen.heads);
+    assert!(seen.heads[0].starts_with("get /ten http/1.1\r\n"), "{}", seen.heads[0]);
+    assert!(seen.heads[0].contains("\r\nhost: 127.0.0.125:8080\r\n"), "{}", seen.heads[0]);
 }
 
 /// A backend answering by path with each way RFC 9112 frames a body, written in pieces so that Portico reads

@@ -47,6 +47,8 @@ pub struct ClientConnection {
     pub scheme: &'static str,
     /// The peer's IP address as a header value, for X-Forwarded-For.
     peer_ip: HeaderValue,
+    /// The server name the client asked for in its TLS handshake (SNI), if any.
+    server_name: Option<Box<str>>,
     /// What the connection's idle watchdog reads.
     activity: std::sync::Arc<Activity>,
 }
@@ -118,10 +120,22 @@ impl ClientConnection {
         local: SocketAddr,
         peer: SocketAddr,
         scheme: &'static str,
+        server_name: Option<Box<str>>,
         activity: std::sync::Arc<Activity>,
     ) -> Self {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ClientConnection { shared, local, peer, scheme, peer_ip, activity }
+        ClientConnection { shared, local, peer, scheme, peer_ip, server_name, activity }
+    }
+
+    /// The host of a request that names none (HTTP/1.0 without Host): the server's default name, as RFC 9112
+    /// section 3.3 rebuilds the target URI, which here is the name the client asked for in TLS, else the
+    /// address and port it connected to.
+    fn default_host(&self) -> HeaderValue {
+        let host = match &self.server_name {
+            Some(name) => HeaderValue::from_str(name).ok(),
+            None => HeaderValue::from_str(&self.local.to_string()).ok(),
+        };
+        host.unwrap_or(HeaderValue::from_static("localhost"))
     }
 
     /// The connection's requests, for its idle watchdog.
@@ -255,7 +269,7 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
 }
 
 /// Handles one request. Never fails: every problem becomes a short error response.
-pub async fn handle(connection: &ClientConnection, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let ClientConnection { shared, local: local_address, peer, scheme, .. } = connection;
     let (local_address, peer, scheme) = (*local_address, *peer, *scheme);
     let started = Instant::now();
@@ -264,6 +278,17 @@ pub async fn handle(connection: &ClientConnection, request: Request<Incoming>) -
     let Some(listener) = compiled.listeners.get(&local_address) else {
         return error_response(grpc, StatusCode::NOT_FOUND, "no listener");
     };
+    if request.uri().authority().is_none() && !request.headers().contains_key(HOST) {
+        // RFC 9112 section 3.2: an HTTP/1.1 request without Host is refused. An HTTP/1.0 one is for the
+        // server's default name; it goes to the backend with that name as its Host, since the backend is
+        // spoken to in HTTP/1.1 (where a request without Host is invalid) or HTTP/2 (which needs :authority).
+        if request.version() == http::Version::HTTP_11 {
+            let unrouted = (&listener.name[..], &listener.unrouted);
+            shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, 400, started.elapsed());
+            return error_response(grpc, StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header");
+        }
+        request.headers_mut().insert(HOST, connection.default_host());
+    }
     if let Some(path) = request.uri().path().strip_prefix("/.well-known/acme-challenge/")
         && scheme == "http"
         && let Some(answer) = shared

@@ -130,7 +130,7 @@ pub fn spawn(
                 // Each kind of connection in a box of its own size: in one state machine, every plain HTTP
                 // connection took the room of a TLS one for as long as it lived (8.8 KB against 1.6 KB).
                 let connection: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
-                    None => Box::pin(serve(shared, stream, address, peer, "http", watched)),
+                    None => Box::pin(serve(shared, stream, address, peer, "http", None, watched)),
                     // The handshake (and the SNI peek) are time-limited inside; the connection itself is not.
                     Some(acceptor) => Box::pin(serve_tls(shared, acceptor, stream, address, peer, watched)),
                 };
@@ -227,7 +227,8 @@ async fn serve_tls(
             return relay(&shared, tls_route, stream, peer).await;
         }
     }
-    serve(shared, stream, address, peer, "https", activity).await
+    let server_name = stream.get_ref().1.server_name().map(Box::from);
+    serve(shared, stream, address, peer, "https", server_name, activity).await
 }
 
 /// Copies bytes between a client and an endpoint of the route's pool (TLSRoute).
@@ -273,12 +274,13 @@ async fn serve<I>(
     local: SocketAddr,
     peer: SocketAddr,
     scheme: &'static str,
+    server_name: Option<Box<str>>,
     activity: Arc<handler::Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let watcher = shared.graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
-    let client = Arc::new(handler::ClientConnection::new(shared, local, peer, scheme, activity));
+    let client = Arc::new(handler::ClientConnection::new(shared, local, peer, scheme, server_name, activity));
     let service = service_fn(move |request| {
         let in_progress = InProgress::begin(client.clone());
         async move {
