@@ -307,6 +307,29 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// the room of their staging vectors, 154 / 193 / 122 against 128 / 140 / 103 (one run each); with the route
 /// statuses' vectors sized too (heaptrack: 122 -> 96 MB of heap at the peak), 143 / 161 / 96 with them, under
 /// the 200 MiB bar.
+/// Targets that log once per DNS query or TLS handshake, at the level they are kept to unless `RUST_LOG` names
+/// them: hickory's server logs every query at info (and a benign warning per DNSSEC-OK query); rustls warns about
+/// each client's odd ClientHello (an IP address as SNI, as wrk, curl to an address and many clients send). One
+/// line per query or handshake is a cost any client can impose (in the benchmark of new TLS connections, a log
+/// line formatted and written for each), and floods the logs.
+const NOISY_TARGETS: [(&str, &str); 2] = [("hickory_server", "error"), ("rustls", "error")];
+
+/// The log filter's directives: `RUST_LOG` (else `info`), with [`NOISY_TARGETS`] kept quiet unless it names them.
+fn log_directives(rust_log: Option<&str>) -> String {
+    let given = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    let mut directives = given.to_string();
+    for (target, level) in NOISY_TARGETS {
+        let named = given.split(',').any(|directive| {
+            let directive_target = directive.split(['=', '[']).next().unwrap_or("").trim();
+            directive_target == target || directive_target.starts_with(&format!("{target}::"))
+        });
+        if !named {
+            directives.push_str(&format!(",{target}={level}"));
+        }
+    }
+    directives
+}
+
 fn tune_allocator() {
     // mimalloc 3's option numbers (libmimalloc-sys 0.1 does not name these two).
     const OPTIONS: [(libmimalloc_sys::mi_option_t, &str, std::ffi::c_long); 2] =
@@ -385,16 +408,12 @@ impl Drop for ServingThread {
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // hickory's server logs every DNS query at info (and a benign warning per DNSSEC-OK query);
-                // rustls warns about each client's odd ClientHello (an IP address as SNI, as wrk and many
-                // clients send): one line per handshake, which any client could use to flood the logs.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=error,rustls=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let directives = log_directives(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|error| {
+        eprintln!("RUST_LOG {directives:?}: {error}; logging at info");
+        tracing_subscriber::EnvFilter::new(log_directives(None))
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     raise_open_files_limit();
     let serves = matches!(cli.command, Command::Run(_) | Command::Demo(_));
     let started = runtime(cli.workers).and_then(|(runtime, workers)| {
@@ -747,4 +766,24 @@ async fn testapp(args: TestappArgs) -> anyhow::Result<()> {
     shutdown_signal(None).await;
     app.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn per_handshake_and_per_query_lines_stay_quiet_unless_rust_log_names_their_targets() {
+        assert_eq!(log_directives(None), "info,hickory_server=error,rustls=error");
+        assert_eq!(log_directives(Some(" ")), "info,hickory_server=error,rustls=error");
+        // RUST_LOG=info (as the benchmark sets it) or debug does not bring back a warning per handshake.
+        assert_eq!(log_directives(Some("debug")), "debug,hickory_server=error,rustls=error");
+        assert_eq!(log_directives(Some("warn,rustls=debug")), "warn,rustls=debug,hickory_server=error");
+        assert_eq!(
+            log_directives(Some("rustls::msgs::handshake=warn,hickory_server[query]=info")),
+            "rustls::msgs::handshake=warn,hickory_server[query]=info"
+        );
+        // A target that only begins like a noisy one is not taken for it.
+        assert_eq!(log_directives(Some("rustlsx=debug")), "rustlsx=debug,hickory_server=error,rustls=error");
+    }
 }
