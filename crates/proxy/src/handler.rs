@@ -172,15 +172,20 @@ fn request_host(request: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>
         Some(authority) => authority.as_str(),
         None => request.headers().get(HOST)?.to_str().ok()?,
     };
+    Some(host_of(raw))
+}
+
+/// A Host header's or authority's host, lower-case, without port.
+fn host_of(raw: &str) -> std::borrow::Cow<'_, str> {
     let without_port = match raw.rfind(':') {
         Some(i) if !raw.ends_with(']') && raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
         _ => raw,
     };
-    Some(if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(without_port)
-    })
+    }
 }
 
 fn find_route<'a>(
@@ -278,17 +283,6 @@ pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming
     let Some(listener) = compiled.listeners.get(&local_address) else {
         return error_response(grpc, StatusCode::NOT_FOUND, "no listener");
     };
-    if request.uri().authority().is_none() && !request.headers().contains_key(HOST) {
-        // RFC 9112 section 3.2: an HTTP/1.1 request without Host is refused. An HTTP/1.0 one is for the
-        // server's default name; it goes to the backend with that name as its Host, since the backend is
-        // spoken to in HTTP/1.1 (where a request without Host is invalid) or HTTP/2 (which needs :authority).
-        if request.version() == http::Version::HTTP_11 {
-            let unrouted = (&listener.name[..], &listener.unrouted);
-            shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, 400, started.elapsed());
-            return error_response(grpc, StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header");
-        }
-        request.headers_mut().insert(HOST, connection.default_host());
-    }
     if let Some(path) = request.uri().path().strip_prefix("/.well-known/acme-challenge/")
         && scheme == "http"
         && let Some(answer) = shared
@@ -300,7 +294,25 @@ pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming
         shared.metrics.request(&listener.name, "acme-challenge", 200, started.elapsed());
         return local(StatusCode::OK, answer);
     }
-    let host = request_host(&request).unwrap_or_default();
+    let host = match request_host(&request) {
+        Some(host) => host,
+        None if request.uri().authority().is_none() && !request.headers().contains_key(HOST) => {
+            // RFC 9112 section 3.2: an HTTP/1.1 request without Host is refused. An HTTP/1.0 one is for the
+            // server's default name; it goes to the backend with that name as its Host, since the backend is
+            // spoken to in HTTP/1.1 (where a request without Host is invalid) or HTTP/2 (which needs
+            // :authority).
+            if request.version() == http::Version::HTTP_11 {
+                let unrouted = (&listener.name[..], &listener.unrouted);
+                shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, 400, started.elapsed());
+                return error_response(grpc, StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header");
+            }
+            let default_host = connection.default_host();
+            request.headers_mut().insert(HOST, default_host.clone());
+            host_of(default_host.to_str().unwrap_or_default()).into_owned().into()
+        }
+        // A Host that is not text matches only routes for any host.
+        None => Default::default(),
+    };
     let Some(route) = find_route(listener, &host, &request) else {
         let unrouted = (&listener.name[..], &listener.unrouted);
         shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, 404, started.elapsed());
