@@ -346,7 +346,7 @@ def values(work):
         "WORK": work, "TLS": TLS, "BODY": BODY + "\\n", "BACKEND_ADDR": ADDR["backend"],
         "BACKEND_PORT": BACKEND_PORT, "DNS_VIP": ADDR["dns-vip"], "DNS_ADDR": ADDR["dns-portico"],
         "BIND_ADDR": ADDR["bind"], "KNOT_ADDR": ADDR["knot"], "CP_ADDR": ADDR["controlplane"],
-        "FD_LIMIT": FD_LIMIT, "WORKER_CONNECTIONS": FD_LIMIT - 100, "MAXCONN": MAXCONN,
+        "FD_LIMIT": FD_LIMIT, "WORKER_CONNECTIONS": FD_LIMIT - 100, "MAXCONN": MAXCONN, "HOST": HOST,
     }
 
 
