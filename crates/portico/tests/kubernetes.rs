@@ -180,12 +180,17 @@ fn eventually_sync<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Op
 }
 
 fn condition(object: &serde_json::Value, pointer: &str, kind: &str) -> Option<String> {
+    condition_field(object, pointer, kind, "status")
+}
+
+/// A field of the condition of type `kind` in the list at `pointer`.
+fn condition_field(object: &serde_json::Value, pointer: &str, kind: &str, field: &str) -> Option<String> {
     object
         .pointer(pointer)?
         .as_array()?
         .iter()
         .find(|c| c["type"] == kind)
-        .and_then(|c| c["status"].as_str())
+        .and_then(|c| c[field].as_str())
         .map(String::from)
 }
 
@@ -437,18 +442,31 @@ async fn acceptance(dir: PathBuf) {
     .await;
     let changed_in = applied.elapsed();
     eprintln!("FIGURE kubectl apply -> served: new HTTPRoute {created_in:?}, changed HTTPRoute {changed_in:?}");
-    eventually_sync("the new route's status", Duration::from_secs(20), || {
+    let parent_conditions = "/status/parents/0/conditions";
+    let accepted = eventually_sync("the new route's status", Duration::from_secs(20), || {
         let route = kube.get("httproutes.gateway.networking.k8s.io", "dev", "extra");
-        (condition(&route, "/status/parents/0/conditions", "Accepted").as_deref() == Some("True")).then_some(())
+        (condition(&route, parent_conditions, "Accepted").as_deref() == Some("True")).then_some(route)
     });
+    let transition = |route: &serde_json::Value, kind: &str| {
+        condition_field(route, parent_conditions, kind, "lastTransitionTime").expect("lastTransitionTime")
+    };
+    // Transition times have whole seconds: the edit below comes in a later second.
+    std::thread::sleep(Duration::from_millis(1100));
     // A broken edit (an invalid regular expression): the status says so, the last good version keeps serving.
     let broken = redirect_route("extra", gateway_name, HTTP_LISTENER, "extra.aclab.uk", "two.example.org")
         .replace("  - filters:", "  - matches: [{path: {type: RegularExpression, value: \"/([\"}}]\n    filters:");
     kube.apply(&broken);
-    eventually_sync("the broken route's status", Duration::from_secs(20), || {
+    let refused = eventually_sync("the broken route's status", Duration::from_secs(20), || {
         let route = kube.get("httproutes.gateway.networking.k8s.io", "dev", "extra");
-        (condition(&route, "/status/parents/0/conditions", "Accepted").as_deref() == Some("False")).then_some(())
+        (condition(&route, parent_conditions, "Accepted").as_deref() == Some("False")).then_some(route)
     });
+    // lastTransitionTime is when a condition changed status (Gateway API), not when Portico last wrote it.
+    assert_ne!(transition(&refused, "Accepted"), transition(&accepted, "Accepted"), "{refused}");
+    assert_eq!(
+        condition(&refused, parent_conditions, "ResolvedRefs"),
+        condition(&accepted, parent_conditions, "ResolvedRefs")
+    );
+    assert_eq!(transition(&refused, "ResolvedRefs"), transition(&accepted, "ResolvedRefs"), "{refused}");
     let answer = http_get(GATEWAY_VIP, "extra.aclab.uk", "/").await.expect("the last good version");
     assert!(answer.header("location").contains("two.example.org"), "the last good version serves: {answer:?}");
     // A parent entry of another controller survives Portico's writes (a merge patch would replace the list).

@@ -357,6 +357,8 @@ struct Observed {
     status: Option<u64>,
     /// A route's `status.parents` entries: controllerName and hash of each, in order.
     parents: Vec<(String, u64)>,
+    /// Each condition's `lastTransitionTime`, by [`for_each_condition`]'s key (where it sits, type, status).
+    transitions: Vec<(u64, Box<str>)>,
 }
 
 impl ObservedStatuses {
@@ -396,10 +398,17 @@ impl ObservedStatuses {
                 } else {
                     (Some(status_hash(status)), Vec::new())
                 };
+                let mut transitions = Vec::new();
+                for_each_condition(&mut status.clone(), 0, &mut |key, condition| {
+                    if let Some(time) = condition.get("lastTransitionTime").and_then(|t| t.as_str()) {
+                        transitions.push((key, time.into()));
+                    }
+                });
                 let observed = Observed {
                     resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
                     status: status_hash_whole,
                     parents,
+                    transitions,
                 };
                 self.lock().insert(reference(object), observed);
             }
@@ -527,8 +536,10 @@ impl StatusWriter {
         // Only what changed is serialised: with 10,000 routes, converting every status on every event cost as
         // much as the translation.
         let mut body = serde_json::to_value(status).unwrap_or_default();
-        stamp_conditions(&mut body, generation);
         let observed = self.observed.get(reference);
+        let transitions = observed.as_ref().map_or(&[][..], |observed| &observed.transitions[..]);
+        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        stamp_conditions(&mut body, generation, transitions, &now);
         if observed.as_ref().is_some_and(|observed| self.already_there(reference, &body, observed)) {
             return (reference, status, Ok(()));
         }
@@ -788,26 +799,66 @@ fn merge_ports(
 /// The field manager of Portico's writes (shown in `managedFields`).
 pub const FIELD_MANAGER: &str = "portico";
 
-/// Adds `lastTransitionTime` (and `observedGeneration`) to every condition in a status document.
-fn stamp_conditions(value: &mut serde_json::Value, generation: Option<i64>) {
+/// Adds `lastTransitionTime` (and `observedGeneration`) to every condition in a status document. The time is
+/// the one the API server shows for the same condition with the same status (`transitions`, from the watch):
+/// it is when the condition last changed status, not when Portico last wrote it; else `now`.
+fn stamp_conditions(
+    value: &mut serde_json::Value,
+    generation: Option<i64>,
+    transitions: &[(u64, Box<str>)],
+    now: &str,
+) {
+    for_each_condition(value, 0, &mut |key, condition| {
+        if !condition.contains_key("lastTransitionTime") {
+            let time = transitions.iter().find(|(seen, _)| *seen == key).map_or(now, |(_, time)| time);
+            condition.insert("lastTransitionTime".to_string(), serde_json::Value::String(time.to_string()));
+        }
+        if let Some(generation) = generation {
+            condition.entry("observedGeneration").or_insert(serde_json::Value::from(generation));
+        }
+    });
+}
+
+/// Calls `visit` with each condition of a status (an object with `type`, `status` and `reason`) and a key made
+/// of where it sits, its type and its status. Where it sits is the path of object members and, in arrays, each
+/// item's identity (a listener's `name`, a route parent's `parentRef` and `controllerName`, a policy ancestor's
+/// `ancestorRef`; else its index), so that a condition is found again in another version of the status even
+/// when items came in another order.
+fn for_each_condition(
+    value: &mut serde_json::Value,
+    at: u64,
+    visit: &mut dyn FnMut(u64, &mut serde_json::Map<String, serde_json::Value>),
+) {
     match value {
         serde_json::Value::Object(map) => {
-            let is_condition = map.contains_key("type") && map.contains_key("status") && map.contains_key("reason");
-            if is_condition {
-                map.entry("lastTransitionTime").or_insert_with(|| {
-                    serde_json::Value::String(
-                        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                    )
-                });
-                if let Some(generation) = generation {
-                    map.entry("observedGeneration").or_insert(serde_json::Value::from(generation));
-                }
+            if map.contains_key("type") && map.contains_key("status") && map.contains_key("reason") {
+                let (kind, status) = (map.get("type"), map.get("status"));
+                visit(located(at, &(kind.and_then(|t| t.as_str()), status.and_then(|s| s.as_str()))), map);
             }
-            map.values_mut().for_each(|v| stamp_conditions(v, generation));
+            for (name, member) in map.iter_mut() {
+                for_each_condition(member, located(at, name), visit);
+            }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| stamp_conditions(v, generation)),
+        serde_json::Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                let identity: Vec<u64> = ["name", "parentRef", "controllerName", "ancestorRef"]
+                    .iter()
+                    .filter_map(|field| item.get(*field).map(|value| json_hash(value, None)))
+                    .collect();
+                let item_at = if identity.is_empty() { located(at, &index) } else { located(at, &identity) };
+                for_each_condition(item, item_at, visit);
+            }
+        }
         _ => {}
     }
+}
+
+/// A key for `part` within the place keyed `at`.
+fn located(at: u64, part: &impl std::hash::Hash) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (at, part).hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -864,6 +915,65 @@ mod tests {
         assert_eq!(gateways.len(), 1);
         assert_eq!(gateways[0].status.as_ref().map(|s| s.addresses[0].value.as_str()), Some("192.0.2.2"));
         assert!(loaded.snapshot.http_routes.is_empty(), "the deleted route is gone");
+    }
+
+    /// The Gateway API's `lastTransitionTime` is when a condition last changed status: a condition written again
+    /// with the same status keeps the time the API server shows, wherever its parent or listener now sits in
+    /// the list; one whose status changed, or that is new, gets the time of the write.
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let observed = ObservedStatuses::default();
+        let staging = Objects::new();
+        let condition = |kind: &str, status: &str, time: Option<&str>| {
+            let mut condition = serde_json::json!({"type": kind, "status": status, "reason": kind});
+            if let Some(time) = time {
+                condition["lastTransitionTime"] = serde_json::json!(time);
+            }
+            condition
+        };
+        let parent = |gateway: &str, conditions: Vec<serde_json::Value>| {
+            serde_json::json!({"controllerName": "portico.dev/gateway-controller", "parentRef": {"name": gateway},
+                               "conditions": conditions})
+        };
+        let t0 = Some("2026-01-01T00:00:00Z");
+        let seen = serde_json::json!({"parents": [
+            parent("gw", vec![condition("Accepted", "True", t0), condition("ResolvedRefs", "True", t0)]),
+            parent("gw2", vec![condition("Accepted", "True", t0)]),
+        ]});
+        observed.record(Kind::HttpRoute, &Event::Apply(route("a.example", "7", seen)), &staging);
+        let web = ResourceRef { kind: Kind::HttpRoute, key: portico_resources::ObjectKey::new("dev", "web") };
+        let transitions = observed.get(&web).expect("recorded").transitions;
+        let mut written = serde_json::json!({"parents": [
+            parent("gw2", vec![condition("Accepted", "False", None)]),
+            parent("gw3", vec![condition("Accepted", "True", None)]),
+            parent("gw", vec![condition("Accepted", "True", None), condition("ResolvedRefs", "False", None)]),
+        ]});
+        stamp_conditions(&mut written, Some(2), &transitions, "2026-11-28T12:00:00Z");
+        let time = |parent: usize, condition: usize| {
+            let condition = &written["parents"][parent]["conditions"][condition];
+            assert_eq!(condition["observedGeneration"], 2);
+            condition["lastTransitionTime"].as_str().unwrap_or_default().to_string()
+        };
+        assert_eq!(time(2, 0), "2026-01-01T00:00:00Z", "gw: still Accepted, since t0");
+        assert_eq!(time(2, 1), "2026-11-28T12:00:00Z", "gw: ResolvedRefs turned False now");
+        assert_eq!(time(0, 0), "2026-11-28T12:00:00Z", "gw2: no longer Accepted");
+        assert_eq!(time(1, 0), "2026-11-28T12:00:00Z", "gw3: a new parent");
+
+        // A Gateway's listeners are told apart by name.
+        let listener = |name: &str, time: Option<&str>| serde_json::json!({"name": name, "conditions": [condition("Programmed", "True", time)]});
+        let mut gw = gateway("8", "192.0.2.1", 1);
+        gw.data["status"] = serde_json::json!({"conditions": [condition("Programmed", "True", t0)],
+                                               "listeners": [listener("http", t0)]});
+        observed.record(Kind::Gateway, &Event::Apply(gw), &staging);
+        let key = ResourceRef { kind: Kind::Gateway, key: portico_resources::ObjectKey::new("dev", "gw") };
+        let transitions = observed.get(&key).expect("recorded").transitions;
+        let mut written = serde_json::json!({"conditions": [condition("Programmed", "True", None)],
+                                             "listeners": [listener("https", None), listener("http", None)]});
+        stamp_conditions(&mut written, None, &transitions, "2026-11-28T12:00:00Z");
+        assert_eq!(written["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        assert_eq!(written["listeners"][1]["conditions"][0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        assert_eq!(written["listeners"][0]["conditions"][0]["lastTransitionTime"], "2026-11-28T12:00:00Z");
+        assert!(written["conditions"][0].get("observedGeneration").is_none());
     }
 
     #[test]
