@@ -12,8 +12,8 @@ COPY . .
 # Cache mounts keep the registry and the target directory between builds; the binary is copied out of the cache.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p portico \
- && install -D -m 0755 target/release/portico /out/portico
+    cargo build --profile production --locked -p portico \
+ && install -D -m 0755 target/production/portico /out/portico
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/portico /usr/local/bin/portico

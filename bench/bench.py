@@ -1558,7 +1558,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="~2 s per scenario, one repetition, check answers")
     parser.add_argument("--portico", required=True, help="the portico binary")
-    parser.add_argument("--profile", default="release")
+    parser.add_argument("--profile", default="production")
     parser.add_argument("--backend", choices=["nginx", "testapp"], default="nginx")
     parser.add_argument("--duration", type=int, help="seconds per measured run (10; smoke 2)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per contender (full mode)")

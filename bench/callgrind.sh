@@ -2,7 +2,8 @@
 # Instructions per proxied HTTP/1.1 request, for Portico and nginx, counted by valgrind's callgrind: a figure that
 # does not move with the machine's load (this VM has no hardware counters, and its timings vary by +-20%).
 #
-#   bench/callgrind.sh [portico-binary]        (as root, after a `bench/run.sh` run: it reuses bench/work/)
+#   bench/callgrind.sh [portico-binary]        (as root, after a `bench/run.sh` run: it reuses bench/work/ and
+#                                              its build, target/production/portico, by default)
 #   SCHEME=https bench/callgrind.sh            the same over HTTPS keep-alive (ECDSA P-256, scenario 2)
 #   H2=1 bench/callgrind.sh                    HTTP/2 over TLS, 10 connections x 100 streams (scenario 4)
 #
@@ -12,7 +13,7 @@
 # KEEP=1 keeps the profiles (the directory is printed at the end) for callgrind_annotate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-portico="${1:-target/release/portico}"
+portico="${1:-target/production/portico}"
 scheme="${SCHEME:-http}"
 load=(--h1 -c 64)
 if [ -n "${H2:-}" ]; then scheme=https; load=(-c 10 -m 100); fi
