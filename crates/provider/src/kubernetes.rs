@@ -398,6 +398,8 @@ impl ObservedStatuses {
                 } else {
                     (Some(status_hash(status)), Vec::new())
                 };
+                // Walked with the writer's own walk (which adds fields, so it takes a status it may change): the
+                // keys then match by construction. One copy of the status per event, dropped at once.
                 let mut transitions = Vec::new();
                 for_each_condition(&mut status.clone(), 0, &mut |key, condition| {
                     if let Some(time) = condition.get("lastTransitionTime").and_then(|t| t.as_str()) {
