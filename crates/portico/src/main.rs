@@ -307,29 +307,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// the room of their staging vectors, 154 / 193 / 122 against 128 / 140 / 103 (one run each); with the route
 /// statuses' vectors sized too (heaptrack: 122 -> 96 MB of heap at the peak), 143 / 161 / 96 with them, under
 /// the 200 MiB bar.
-/// Targets that log once per DNS query or TLS handshake, at the level they are kept to unless `RUST_LOG` names
-/// them: hickory's server logs every query at info (and a benign warning per DNSSEC-OK query); rustls warns about
-/// each client's odd ClientHello (an IP address as SNI, as wrk, curl to an address and many clients send). One
-/// line per query or handshake is a cost any client can impose (in the benchmark of new TLS connections, a log
-/// line formatted and written for each), and floods the logs.
-const NOISY_TARGETS: [(&str, &str); 2] = [("hickory_server", "error"), ("rustls", "error")];
-
-/// The log filter's directives: `RUST_LOG` (else `info`), with [`NOISY_TARGETS`] kept quiet unless it names them.
-fn log_directives(rust_log: Option<&str>) -> String {
-    let given = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
-    let mut directives = given.to_string();
-    for (target, level) in NOISY_TARGETS {
-        let named = given.split(',').any(|directive| {
-            let directive_target = directive.split(['=', '[']).next().unwrap_or("").trim();
-            directive_target == target || directive_target.starts_with(&format!("{target}::"))
-        });
-        if !named {
-            directives.push_str(&format!(",{target}={level}"));
-        }
-    }
-    directives
-}
-
 fn tune_allocator() {
     // mimalloc 3's option numbers (libmimalloc-sys 0.1 does not name these two).
     const OPTIONS: [(libmimalloc_sys::mi_option_t, &str, std::ffi::c_long); 2] =
@@ -403,6 +380,29 @@ impl Drop for ServingThread {
             let _ = thread.join();
         }
     }
+}
+
+/// Targets that log once per DNS query or TLS handshake, at the level they are kept to unless `RUST_LOG` names
+/// them: hickory's server logs every query at info (and a benign warning per DNSSEC-OK query); rustls warns about
+/// each client's odd ClientHello (an IP address as SNI, as wrk, curl to an address and many clients send). One
+/// line per query or handshake is a cost any client can impose (in the benchmark of new TLS connections, a log
+/// line formatted and written for each), and floods the logs.
+const NOISY_TARGETS: [(&str, &str); 2] = [("hickory_server", "error"), ("rustls", "error")];
+
+/// The log filter's directives: `RUST_LOG` (else `info`), with [`NOISY_TARGETS`] kept quiet unless it names them.
+fn log_directives(rust_log: Option<&str>) -> String {
+    let given = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    let mut directives = given.to_string();
+    for (target, level) in NOISY_TARGETS {
+        let named = given.split(',').any(|directive| {
+            let directive_target = directive.split(['=', '[']).next().unwrap_or("").trim();
+            directive_target == target || directive_target.starts_with(&format!("{target}::"))
+        });
+        if !named {
+            directives.push_str(&format!(",{target}={level}"));
+        }
+    }
+    directives
 }
 
 fn main() -> std::process::ExitCode {

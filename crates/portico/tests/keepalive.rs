@@ -57,6 +57,20 @@ async fn raw_backend(response: &'static str, close_after: Option<Duration>) -> (
     (port, seen)
 }
 
+/// A raw backend answering `response`, and Portico serving it on `vip`:8080 with its admin on `admin_port`.
+async fn portico_with_raw_backend(
+    vip: &str,
+    admin_port: u16,
+    response: &'static str,
+    close_after: Option<Duration>,
+) -> (tempfile::TempDir, Portico, Arc<Mutex<Seen>>) {
+    let (port, seen) = raw_backend(response, close_after).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::write_file(dir.path(), "config.yaml", &config(vip, port));
+    let portico = Portico::start(&[dir.path()], admin_port, &[]);
+    (dir, portico, seen)
+}
+
 fn config(vip: &str, port: u16) -> String {
     http_gateway(vip, 8080)
         + &common::service("raw", port)
@@ -70,10 +84,7 @@ fn config(vip: &str, port: u16) -> String {
 async fn backend_connections_are_kept_alive_and_hop_by_hop_headers_stay_on_their_hop() {
     let response =
         "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: x-backend-hop\r\nx-backend-hop: 1\r\nx-kept: 1\r\n\r\nok";
-    let (port, seen) = raw_backend(response, None).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    common::write_file(dir.path(), "config.yaml", &config("127.0.0.121", port));
-    let _portico = Portico::start(&[dir.path()], 19911, &[]);
+    let (_dir, _portico, seen) = portico_with_raw_backend("127.0.0.121", 19911, response, None).await;
     let vip: SocketAddr = "127.0.0.121:8080".parse().expect("vip");
     let hop = [
         ("connection", "x-client-hop, host"),
@@ -106,10 +117,13 @@ async fn backend_connections_are_kept_alive_and_hop_by_hop_headers_stay_on_their
 /// while it is being sent) and goes on a new one; no request fails, none reaches the backend twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_the_backend_closed_cost_no_request() {
-    let (port, seen) = raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", Some(Duration::ZERO)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    common::write_file(dir.path(), "config.yaml", &config("127.0.0.122", port));
-    let _portico = Portico::start(&[dir.path()], 19912, &[]);
+    let (_dir, _portico, seen) = portico_with_raw_backend(
+        "127.0.0.122",
+        19912,
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        Some(Duration::ZERO),
+    )
+    .await;
     let vip: SocketAddr = "127.0.0.122:8080".parse().expect("vip");
     for i in 0..10 {
         let answer = request(vip, "raw.example", "GET", "/", &[], None).await.expect("request");
@@ -146,10 +160,8 @@ async fn raw_exchange(vip: &str, request: &[u8], shutdown: Shutdown) -> String {
 /// HTTP/1.0 clients) still gets the answer: the end of its stream is not taken as a request given up.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
-    let (port, seen) = raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    common::write_file(dir.path(), "config.yaml", &config("127.0.0.124", port));
-    let _portico = Portico::start(&[dir.path()], 19914, &[]);
+    let (_dir, _portico, seen) =
+        portico_with_raw_backend("127.0.0.124", 19914, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
     let request = b"GET /half HTTP/1.1\r\nHost: raw.example\r\n\r\n";
     let answer = raw_exchange("127.0.0.124:8080", request, Shutdown::AfterRequest).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nok"), "{answer:?}");
@@ -162,10 +174,8 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
 /// invalid (nginx answers such a request 400 and closes the connection, which Portico kept for others).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_without_host_is_refused_in_http11_and_given_the_servers_name_in_http10() {
-    let (port, seen) = raw_backend("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    common::write_file(dir.path(), "config.yaml", &config("127.0.0.125", port));
-    let _portico = Portico::start(&[dir.path()], 19915, &[]);
+    let (_dir, _portico, seen) =
+        portico_with_raw_backend("127.0.0.125", 19915, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
     let refused =
         raw_exchange("127.0.0.125:8080", b"GET /eleven HTTP/1.1\r\nConnection: close\r\n\r\n", Shutdown::No).await;
     assert!(refused.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{refused:?}");

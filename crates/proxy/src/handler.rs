@@ -273,6 +273,20 @@ fn is_grpc(request: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// Answers a request that reached no route, counted in the listener's unrouted requests.
+fn unrouted(
+    shared: &Shared,
+    listener: &CompiledListener,
+    started: Instant,
+    grpc: bool,
+    status: StatusCode,
+    message: &'static str,
+) -> Response<ProxyBody> {
+    let unrouted = (&listener.name[..], &listener.unrouted);
+    shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, status.as_u16(), started.elapsed());
+    error_response(grpc, status, message)
+}
+
 /// Handles one request. Never fails: every problem becomes a short error response.
 pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let ClientConnection { shared, local: local_address, peer, scheme, .. } = connection;
@@ -302,9 +316,8 @@ pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming
             // spoken to in HTTP/1.1 (where a request without Host is invalid) or HTTP/2 (which needs
             // :authority).
             if request.version() == http::Version::HTTP_11 {
-                let unrouted = (&listener.name[..], &listener.unrouted);
-                shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, 400, started.elapsed());
-                return error_response(grpc, StatusCode::BAD_REQUEST, "an HTTP/1.1 request needs a Host header");
+                let message = "an HTTP/1.1 request needs a Host header";
+                return unrouted(shared, listener, started, grpc, StatusCode::BAD_REQUEST, message);
             }
             let default_host = connection.default_host();
             request.headers_mut().insert(HOST, default_host.clone());
@@ -314,9 +327,7 @@ pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming
         None => Default::default(),
     };
     let Some(route) = find_route(listener, &host, &request) else {
-        let unrouted = (&listener.name[..], &listener.unrouted);
-        shared.metrics.request_cached((&listener.name, &listener.latency), unrouted, 404, started.elapsed());
-        return error_response(grpc, StatusCode::NOT_FOUND, "no route for this host and path");
+        return unrouted(shared, listener, started, grpc, StatusCode::NOT_FOUND, "no route for this host and path");
     };
     let origin = route.cors.as_ref().and_then(|cors| allowed_origin(cors, &request));
     if let Some(cors) = &route.cors
