@@ -190,6 +190,33 @@ async fn a_request_without_host_is_refused_in_http11_and_given_the_servers_name_
     assert!(seen.heads[0].contains("\r\nhost: 127.0.0.125:8080\r\n"), "{}", seen.heads[0]);
 }
 
+/// A plain connection is HTTP/2 only if it starts with the HTTP/2 preface, so Portico looks at a request's first
+/// bytes before serving it: a request whose first byte comes alone, and is the preface's first byte (`P`), is
+/// still served as HTTP/1.1 once the next byte tells them apart, and all of it reaches the backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_that_starts_like_the_http2_preface_and_comes_in_pieces_is_served() {
+    let (_dir, _portico, seen) =
+        portico_with_raw_backend("127.0.0.126", 19916, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
+    let mut client = tokio::net::TcpStream::connect("127.0.0.126:8080").await.expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    let pieces: [&[u8]; 3] =
+        [b"P", b"U", b"T /pieces HTTP/1.1\r\nHost: raw.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"];
+    for piece in pieces {
+        client.write_all(piece).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nok"), "{answer:?}");
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.heads.len(), 1, "{:?}", seen.heads);
+    assert!(seen.heads[0].starts_with("put /pieces http/1.1\r\n"), "{}", seen.heads[0]);
+}
+
 /// A backend answering by path with each way RFC 9112 frames a body, written in pieces so that Portico reads
 /// them in several parts: Content-Length, chunked with an extension and a trailer, an interim 103 before the
 /// answer, HEAD and 304 (a length but no body), a POST's body echoed, a body of 1 MiB (read in growing parts),

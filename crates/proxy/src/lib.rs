@@ -16,11 +16,10 @@ pub use metrics::Metrics;
 
 use arc_swap::ArcSwap;
 use compile::Compiled;
-use hyper_util::server::graceful::GracefulShutdown;
 use portico_ir::Ir;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Errors of the data plane.
@@ -60,7 +59,9 @@ pub(crate) struct Shared {
     pub pools: portico_balance::PoolRegistry,
     /// Answers ACME HTTP-01 challenges (`/.well-known/acme-challenge/TOKEN`) on every HTTP listener.
     pub challenges: arc_swap::ArcSwapOption<ChallengeResponder>,
-    pub graceful: Mutex<Option<GracefulShutdown>>,
+    /// Turns true when Portico drains: each client connection holds a receiver until it has closed gracefully
+    /// (listener.rs), and shutting down waits for the last one to go.
+    pub draining: tokio::sync::watch::Sender<bool>,
     /// Milliseconds a client connection may go without a request while none is in progress.
     pub request_head_timeout_ms: std::sync::atomic::AtomicU64,
 }
@@ -89,7 +90,7 @@ impl Proxy {
                     h2c: upstream::h2c()?,
                     pool_request_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_POOL_REQUEST_LIMIT),
                 },
-                graceful: Mutex::new(Some(GracefulShutdown::new())),
+                draining: tokio::sync::watch::Sender::new(false),
                 request_head_timeout_ms: std::sync::atomic::AtomicU64::new(
                     DEFAULT_REQUEST_HEAD_TIMEOUT.as_millis() as u64
                 ),
@@ -204,10 +205,8 @@ impl Proxy {
     /// Stops accepting, lets open connections finish their requests (up to `grace`), then returns.
     pub async fn shutdown(&self, grace: Duration) {
         self.listeners.lock().await.clear();
-        let graceful = self.shared.graceful.lock().ok().and_then(|mut g| g.take());
-        if let Some(graceful) = graceful
-            && tokio::time::timeout(grace, graceful.shutdown()).await.is_err()
-        {
+        self.shared.draining.send_replace(true);
+        if tokio::time::timeout(grace, self.shared.draining.closed()).await.is_err() {
             tracing::warn!("connections still open after {grace:?}; closing them");
         }
     }

@@ -6,7 +6,6 @@ use crate::{Shared, handler};
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use portico_ir::Protocol;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -130,7 +129,7 @@ pub fn spawn(
                 // Each kind of connection in a box of its own size: in one state machine, every plain HTTP
                 // connection took the room of a TLS one for as long as it lived (8.8 KB against 1.6 KB).
                 let connection: Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
-                    None => Box::pin(serve(shared, stream, address, peer, "http", None, watched)),
+                    None => Box::pin(serve_plain(shared, stream, address, peer, watched)),
                     // The handshake (and the SNI peek) are time-limited inside; the connection itself is not.
                     Some(acceptor) => Box::pin(serve_tls(shared, acceptor, stream, address, peer, watched)),
                 };
@@ -142,34 +141,103 @@ pub fn spawn(
     Ok(ListenerHandle { protocol, task })
 }
 
+/// Peeks at the first bytes a client sent, without consuming them (they stay in the socket for whoever serves
+/// the connection), until `decide` can tell from them. `decide` gets the bytes so far; an empty slice means the
+/// client closed before sending any. Bounded by the caller: a timeout, or the connection's idle watchdog.
+async fn peek_until<T>(
+    stream: &tokio::net::TcpStream,
+    buffer: &mut [u8],
+    mut decide: impl FnMut(&[u8]) -> std::io::Result<Option<T>>,
+) -> std::io::Result<T> {
+    let mut seen = 0;
+    loop {
+        let read = stream.peek(buffer).await?;
+        if let Some(answer) = decide(&buffer[..read])? {
+            return Ok(answer);
+        }
+        // A peek returns at once while the bytes already seen are there: each pass waits for more.
+        if read == seen {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        seen = read;
+    }
+}
+
 /// Reads the ClientHello's server name without consuming it (the bytes stay in the socket for whoever
 /// handles the connection: the backend for passthrough, rustls otherwise). `Ok(None)`: no SNI sent.
 async fn peek_server_name(stream: &tokio::net::TcpStream) -> std::io::Result<Option<String>> {
     let mut buffer = vec![0u8; 16 * 1024];
-    let mut seen = 0;
-    // Bounded by the handshake timeout around the caller; each pass waits for more bytes.
-    loop {
-        let read = stream.peek(&mut buffer).await?;
-        if read == 0 {
+    let capacity = buffer.len();
+    peek_until(stream, &mut buffer, |hello| {
+        if hello.is_empty() {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before the ClientHello"));
         }
         let mut acceptor = rustls::server::Acceptor::default();
-        let mut bytes = &buffer[..read];
+        let mut bytes = hello;
         acceptor.read_tls(&mut bytes)?;
         match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok(accepted.client_hello().server_name().map(str::to_ascii_lowercase)),
-            Ok(None) if read == buffer.len() => {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello larger than 16 KiB"));
+            Ok(Some(accepted)) => Ok(Some(accepted.client_hello().server_name().map(str::to_ascii_lowercase))),
+            Ok(None) if hello.len() == capacity => {
+                Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "ClientHello larger than 16 KiB"))
             }
-            Ok(None) => {
-                if read == seen {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                seen = read;
-            }
-            Err((error, _)) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error)),
+            Ok(None) => Ok(None),
+            Err((error, _)) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error)),
         }
+    })
+    .await
+}
+
+/// What a client connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    Http1,
+    Http2,
+}
+
+/// The connection preface of HTTP/2 (RFC 9113 section 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A plain connection speaks HTTP/2 (h2c, prior knowledge) when it starts with the HTTP/2 preface, else
+/// HTTP/1.1: decided from the first bytes that differ from the preface, or all 24 of it.
+///
+/// Peeked rather than read: hyper-util's automatic server read the first 24 bytes itself (a `read(2)` of its
+/// own, after an `EAGAIN` one) and handed them to hyper's HTTP/1.1 parser apart from the rest of the request.
+/// That partial head made hyper grow its read buffer from 8 KB to 16 KB, kept for the connection's life.
+fn plain_version(first_bytes: &[u8]) -> Option<Version> {
+    let compared = first_bytes.len().min(HTTP2_PREFACE.len());
+    if first_bytes[..compared] != HTTP2_PREFACE[..compared] || first_bytes.is_empty() {
+        // Not HTTP/2; a client that closed at once gets HTTP/1.1's handling of an empty connection.
+        Some(Version::Http1)
+    } else if compared == HTTP2_PREFACE.len() {
+        Some(Version::Http2)
+    } else {
+        None
     }
+}
+
+/// A TLS connection speaks what ALPN agreed on: HTTP/2 only when it was `h2` (RFC 9113 section 3.2).
+fn tls_version(alpn: Option<&[u8]>) -> Version {
+    if alpn == Some(b"h2") { Version::Http2 } else { Version::Http1 }
+}
+
+/// A plain HTTP connection: HTTP/1.1, or HTTP/2 with prior knowledge.
+async fn serve_plain(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    activity: Arc<handler::Activity>,
+) {
+    let mut first_bytes = [0u8; HTTP2_PREFACE.len()];
+    // Bounded by the connection's idle watchdog, which closes a connection whose head does not come.
+    let version = match peek_until(&stream, &mut first_bytes, |bytes| Ok(plain_version(bytes))).await {
+        Ok(version) => version,
+        Err(error) => {
+            tracing::debug!(%local, %peer, %error, "connection ended before its first request");
+            return;
+        }
+    };
+    serve(shared, stream, local, peer, "http", None, activity, version).await
 }
 
 /// A TLS connection: routed by server name to a TLS route (passthrough, or terminate then TCP), or
@@ -228,7 +296,8 @@ async fn serve_tls(
         }
     }
     let server_name = stream.get_ref().1.server_name().map(Box::from);
-    serve(shared, stream, address, peer, "https", server_name, activity).await
+    let version = tls_version(stream.get_ref().1.alpn_protocol());
+    serve(shared, stream, address, peer, "https", server_name, activity, version).await
 }
 
 /// Copies bytes between a client and an endpoint of the route's pool (TLSRoute).
@@ -268,6 +337,8 @@ where
     drop(pick);
 }
 
+/// Serves HTTP on a client connection until it closes, or closes it gracefully once Portico drains.
+#[allow(clippy::too_many_arguments)]
 async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
@@ -276,10 +347,11 @@ async fn serve<I>(
     scheme: &'static str,
     server_name: Option<Box<str>>,
     activity: Arc<handler::Activity>,
+    version: Version,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let watcher = shared.graceful.lock().ok().and_then(|g| g.as_ref().map(|g| g.watcher()));
+    let draining = shared.draining.subscribe();
     let client = Arc::new(handler::ClientConnection::new(shared, local, peer, scheme, server_name, activity));
     let service = service_fn(move |request| {
         let in_progress = InProgress::begin(client.clone());
@@ -288,25 +360,78 @@ async fn serve<I>(
             Ok::<_, Infallible>(response.map(|body| Tracked { body, _in_progress: in_progress }))
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Head and body copied into one buffer and written with write(2), rather than gathered by writev(2): for
-    // the small responses most requests get, 2% fewer instructions per request (bench/callgrind.sh).
-    // Half-closed client connections are allowed: hyper otherwise reads on while each request is in flight, to
-    // notice a client that closed, and took the end of the stream of a client that shuts down its sending side
-    // after its request (`nc -N`) for a request given up, answering nothing. That read also made hyper set up a
-    // second read buffer for every request (the first one still held the request's head): 22,233 -> 21,427
-    // instructions per request (bench/callgrind.sh). A client that goes away meanwhile is noticed when its
-    // answer is written; the backend's request runs on until then, within the route's timeouts (HAProxy's
-    // default too, without `option abortonclose`).
-    builder.http1().writev(false).half_close(true);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    let result = match watcher {
-        Some(watcher) => watcher.watch(connection).await,
-        None => connection.await,
+    let io = TokioIo::new(io);
+    let result = match version {
+        Version::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // Head and body copied into one buffer and written with write(2), rather than gathered by
+            // writev(2): for the small responses most requests get, 2% fewer instructions per request
+            // (bench/callgrind.sh).
+            // Half-closed client connections are allowed: hyper otherwise reads on while each request is in
+            // flight, to notice a client that closed, and took the end of the stream of a client that shuts
+            // down its sending side after its request (`nc -N`) for a request given up, answering nothing.
+            // That read also made hyper set up a second read buffer for every request (the first one still held
+            // the request's head): 22,233 -> 21,427 instructions per request (bench/callgrind.sh). A client that
+            // goes away meanwhile is noticed when its answer is written; the backend's request runs on until
+            // then, within the route's timeouts (HAProxy's default too, without `option abortonclose`).
+            builder.writev(false).half_close(true);
+            until_drained(builder.serve_connection(io, service).with_upgrades(), draining).await
+        }
+        Version::Http2 => {
+            let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            until_drained(builder.serve_connection(io, service), draining).await
+        }
     };
     if let Err(error) = result {
         tracing::debug!(%local, %peer, %error, "connection ended with an error");
     }
+}
+
+/// A hyper server connection that can be told to finish what it is doing and close.
+trait GracefulClose: Future<Output = hyper::Result<()>> {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S> GracefulClose for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> GracefulClose for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives a connection; once Portico drains, has it finish its request in progress (HTTP/1.1) or send GOAWAY
+/// (HTTP/2) and close. The receiver is held until the connection has closed: shutting down waits for that.
+async fn until_drained<C: GracefulClose>(connection: C, mut draining: tokio::sync::watch::Receiver<bool>) -> C::Output {
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        biased;
+        result = connection.as_mut() => return result,
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    connection.as_mut().close_gracefully();
+    let result = connection.await;
+    drop(draining);
+    result
 }
 
 /// Watches a client connection's task from a task of its own: closes a connection that received no request and
@@ -384,5 +509,41 @@ impl hyper::body::Body for Tracked {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_connection_is_http2_only_once_the_whole_preface_came() {
+        assert_eq!(plain_version(HTTP2_PREFACE), Some(Version::Http2));
+        let mut longer = HTTP2_PREFACE.to_vec();
+        longer.extend_from_slice(b"\0\0\x12\x04");
+        assert_eq!(plain_version(&longer), Some(Version::Http2));
+        // Part of the preface: wait for more.
+        assert_eq!(plain_version(b"P"), None);
+        assert_eq!(plain_version(b"PRI * HTTP/2.0\r\n"), None);
+    }
+
+    #[test]
+    fn a_plain_connection_is_http1_from_its_first_byte_unlike_the_preface() {
+        assert_eq!(plain_version(b"G"), Some(Version::Http1));
+        assert_eq!(plain_version(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(Version::Http1));
+        // POST, PUT and PATCH share the preface's first letter only.
+        assert_eq!(plain_version(b"PO"), Some(Version::Http1));
+        assert_eq!(plain_version(b"PUT /x HTTP/1.1\r\n"), Some(Version::Http1));
+        // A request shorter than the preface.
+        assert_eq!(plain_version(b"GET / HTTP/1.0\r\n\r\n"), Some(Version::Http1));
+        // Closed before sending anything: hyper's HTTP/1.1 side sees the end and closes.
+        assert_eq!(plain_version(b""), Some(Version::Http1));
+    }
+
+    #[test]
+    fn a_tls_connection_is_http2_only_when_alpn_agreed_on_h2() {
+        assert_eq!(tls_version(Some(b"h2")), Version::Http2);
+        assert_eq!(tls_version(Some(b"http/1.1")), Version::Http1);
+        assert_eq!(tls_version(None), Version::Http1);
     }
 }
