@@ -45,6 +45,59 @@ async fn sigterm_drains_and_exits() {
     assert!(log.contains("runtime started: 1 worker thread\n"), "{log}");
 }
 
+/// SIGTERM while a request is in flight: the request still gets its whole answer, told `connection: close`, and
+/// its connection is closed after it; a new connection is refused meanwhile; Portico exits once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_when_sigterm_comes_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that answers each request one second after its head came.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = backend.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow").await;
+                let _ = stream.read(&mut buffer).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.yaml"), one_route("127.0.0.64", port)).expect("write");
+    let mut portico = Portico::start(&[dir.path()], 19964, &["--drain-seconds", "5", "--workers", "1"]);
+
+    let mut client = tokio::net::TcpStream::connect("127.0.0.64:8080").await.expect("connect");
+    client.write_all(b"GET /slow HTTP/1.1\r\nHost: any.example\r\n\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::process::Command::new("kill").arg("-TERM").arg(portico.child.id().to_string()).status();
+    assert!(killed.expect("kill").success());
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after its answer")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200 ok\r\n") && answer.ends_with("\r\n\r\nslow"), "{answer:?}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(status) = portico.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "portico did not exit after its last request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
 /// A kept-alive TLS connection outlives the handshake timeout (10 s): only the handshake is time-limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_outlive_the_handshake_timeout() {

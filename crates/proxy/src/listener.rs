@@ -338,8 +338,12 @@ where
 }
 
 /// Serves HTTP on a client connection until it closes, or closes it gracefully once Portico drains.
+///
+/// A plain function that builds the connection and boxes it, rather than an `async fn`: an `async fn` keeps
+/// its arguments in its state beside what it moves them into, so `io` (a TLS stream, with rustls's state) and
+/// hyper's connection would each take their room twice for as long as the connection lives.
 #[allow(clippy::too_many_arguments)]
-async fn serve<I>(
+fn serve<I>(
     shared: Arc<Shared>,
     io: I,
     local: SocketAddr,
@@ -348,7 +352,8 @@ async fn serve<I>(
     server_name: Option<Box<str>>,
     activity: Arc<handler::Activity>,
     version: Version,
-) where
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let draining = shared.draining.subscribe();
@@ -361,7 +366,7 @@ async fn serve<I>(
         }
     });
     let io = TokioIo::new(io);
-    let result = match version {
+    match version {
         Version::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
             // Head and body copied into one buffer and written with write(2), rather than gathered by
@@ -375,15 +380,14 @@ async fn serve<I>(
             // goes away meanwhile is noticed when its answer is written; the backend's request runs on until
             // then, within the route's timeouts (HAProxy's default too, without `option abortonclose`).
             builder.writev(false).half_close(true);
-            until_drained(builder.serve_connection(io, service).with_upgrades(), draining).await
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            Box::pin(Drained::new(connection, draining, local, peer))
         }
         Version::Http2 => {
-            let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            until_drained(builder.serve_connection(io, service), draining).await
+            let connection =
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+            Box::pin(Drained::new(connection, draining, local, peer))
         }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%local, %peer, %error, "connection ended with an error");
     }
 }
 
@@ -419,19 +423,59 @@ where
     }
 }
 
-/// Drives a connection; once Portico drains, has it finish its request in progress (HTTP/1.1) or send GOAWAY
-/// (HTTP/2) and close. The receiver is held until the connection has closed: shutting down waits for that.
-async fn until_drained<C: GracefulClose>(connection: C, mut draining: tokio::sync::watch::Receiver<bool>) -> C::Output {
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        biased;
-        result = connection.as_mut() => return result,
-        _ = draining.wait_for(|draining| *draining) => {}
+pin_project_lite::pin_project! {
+    /// A client connection driven until it closes; once Portico drains, told to finish its request in progress
+    /// (HTTP/1.1) or to send GOAWAY (HTTP/2), and close.
+    struct Drained<C, S> {
+        #[pin]
+        connection: C,
+        // Completes with the receiver once Portico drains.
+        #[pin]
+        signal: S,
+        // The receiver, once the signal came: held until the connection has closed, as shutting down waits
+        // for every receiver to go.
+        held: Option<tokio::sync::watch::Receiver<bool>>,
+        local: SocketAddr,
+        peer: SocketAddr,
     }
-    connection.as_mut().close_gracefully();
-    let result = connection.await;
-    drop(draining);
-    result
+}
+
+impl<C: GracefulClose> Drained<C, ()> {
+    fn new(
+        connection: C,
+        mut draining: tokio::sync::watch::Receiver<bool>,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Drained<C, impl Future<Output = tokio::sync::watch::Receiver<bool>>> {
+        let signal = async move {
+            // An error means the proxy itself is gone: closing is right then too.
+            let _ = draining.wait_for(|draining| *draining).await;
+            draining
+        };
+        Drained { connection, signal, held: None, local, peer }
+    }
+}
+
+impl<C, S> Future for Drained<C, S>
+where
+    C: GracefulClose,
+    S: Future<Output = tokio::sync::watch::Receiver<bool>>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut this = self.project();
+        if this.held.is_none()
+            && let std::task::Poll::Ready(receiver) = this.signal.poll(cx)
+        {
+            *this.held = Some(receiver);
+            this.connection.as_mut().close_gracefully();
+        }
+        if let Err(error) = std::task::ready!(this.connection.poll(cx)) {
+            tracing::debug!(local = %this.local, peer = %this.peer, %error, "connection ended with an error");
+        }
+        std::task::Poll::Ready(())
+    }
 }
 
 /// Watches a client connection's task from a task of its own: closes a connection that received no request and
