@@ -62,6 +62,8 @@ pub struct Activity {
     in_progress: std::sync::atomic::AtomicUsize,
     /// Signalled when the connection's task ends, or it is exempted.
     ended: tokio::sync::Notify,
+    /// Signalled by the watchdog when the connection is to close gracefully (HTTP/2: GOAWAY).
+    close: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -101,6 +103,17 @@ impl Activity {
     /// Resolves once the connection's task has ended, or it was exempted.
     pub async fn ended(&self) {
         self.ended.notified().await
+    }
+
+    /// Asks the connection to close gracefully: at once when idle in HTTP/1.1, after a GOAWAY in HTTP/2.
+    pub fn ask_to_close(&self) {
+        // A permit is stored if the connection is not waiting at this moment.
+        self.close.notify_one();
+    }
+
+    /// Resolves once the watchdog asked the connection to close.
+    pub async fn asked_to_close(&self) {
+        self.close.notified().await
     }
 }
 

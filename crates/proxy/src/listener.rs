@@ -357,6 +357,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let draining = shared.draining.subscribe();
+    let watched = activity.clone();
     let client = Arc::new(handler::ClientConnection::new(shared, local, peer, scheme, server_name, activity));
     let service = service_fn(move |request| {
         let in_progress = InProgress::begin(client.clone());
@@ -381,12 +382,12 @@ where
             // then, within the route's timeouts (HAProxy's default too, without `option abortonclose`).
             builder.writev(false).half_close(true);
             let connection = builder.serve_connection(io, service).with_upgrades();
-            Box::pin(Drained::new(connection, draining, local, peer))
+            Box::pin(Drained::new(connection, draining, watched, local, peer))
         }
         Version::Http2 => {
             let connection =
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
-            Box::pin(Drained::new(connection, draining, local, peer))
+            Box::pin(Drained::new(connection, draining, watched, local, peer))
         }
     }
 }
@@ -424,12 +425,12 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A client connection driven until it closes; once Portico drains, told to finish its request in progress
-    /// (HTTP/1.1) or to send GOAWAY (HTTP/2), and close.
+    /// A client connection driven until it closes; once Portico drains, or its idle watchdog asks, told to
+    /// finish its request in progress (HTTP/1.1) or to send GOAWAY (HTTP/2), and close.
     struct Drained<C, S> {
         #[pin]
         connection: C,
-        // Completes with the receiver once Portico drains.
+        // Completes with the receiver once Portico drains or the watchdog asks.
         #[pin]
         signal: S,
         // The receiver, once the signal came: held until the connection has closed, as shutting down waits
@@ -444,12 +445,16 @@ impl<C: GracefulClose> Drained<C, ()> {
     fn new(
         connection: C,
         mut draining: tokio::sync::watch::Receiver<bool>,
+        activity: Arc<handler::Activity>,
         local: SocketAddr,
         peer: SocketAddr,
     ) -> Drained<C, impl Future<Output = tokio::sync::watch::Receiver<bool>>> {
         let signal = async move {
-            // An error means the proxy itself is gone: closing is right then too.
-            let _ = draining.wait_for(|draining| *draining).await;
+            tokio::select! {
+                // An error means the proxy itself is gone: closing is right then too.
+                _ = draining.wait_for(|draining| *draining) => {}
+                () = activity.asked_to_close() => {}
+            }
             draining
         };
         Drained { connection, signal, held: None, local, peer }
@@ -479,9 +484,12 @@ where
 }
 
 /// Watches a client connection's task from a task of its own: closes a connection that received no request and
-/// had none in progress for the request head timeout, checking every half of it (so after 1 to 1.5 times the
-/// timeout). That covers a client that sends nothing (or stalls in the TLS handshake), a head byte by byte
-/// (HTTP/1.1, or the HTTP/2 preface), and a connection kept alive but idle. TLS routes' relays are exempt.
+/// had none in progress for the request head timeout, checking every half of it. After 1 to 1.5 times the
+/// timeout the connection is asked to close gracefully (an idle HTTP/1.1 connection closes at once, an HTTP/2
+/// one sends GOAWAY first, so that its client knows no request was lost); half a timeout later, one still open
+/// is closed outright. That covers a client that sends nothing (or stalls in the TLS handshake), a head byte by
+/// byte (HTTP/1.1, or the HTTP/2 preface), a client that ignores the GOAWAY, and a connection kept alive but idle.
+/// TLS routes' relays are exempt.
 ///
 /// hyper's own header timeout (HTTP/1.1 only) re-arms a timer per request: 1,600 instructions per request, 7%
 /// (bench/callgrind.sh); this costs three atomic operations per request. A task of its own, not a wrapper around
@@ -494,7 +502,8 @@ async fn close_when_idle(
     peer: SocketAddr,
 ) {
     let mut seen = activity.requests();
-    let mut quiet = false;
+    // Checks in a row that saw no request and none in progress.
+    let mut quiet = 0;
     loop {
         tokio::select! {
             () = activity.ended() => return,
@@ -503,13 +512,17 @@ async fn close_when_idle(
         let requests = activity.requests();
         if requests != seen || activity.in_progress() > 0 {
             seen = requests;
-            quiet = false;
-        } else if quiet {
-            tracing::debug!(%peer, "no request within the request head timeout; connection closed");
+            quiet = 0;
+            continue;
+        }
+        quiet += 1;
+        if quiet == 2 {
+            tracing::debug!(%peer, "no request within the request head timeout; connection asked to close");
+            activity.ask_to_close();
+        } else if quiet > 2 {
+            tracing::debug!(%peer, "connection still open after it was asked to close; closed");
             connection.abort();
             return;
-        } else {
-            quiet = true;
         }
     }
 }
