@@ -64,6 +64,8 @@ pub struct Activity {
     ended: tokio::sync::Notify,
     /// Signalled by the watchdog when the connection is to close gracefully (HTTP/2: GOAWAY).
     close: tokio::sync::Notify,
+    /// Set before `close` is signalled: read at each wake-up of the connection, where a Notify would take a lock.
+    close_asked: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -107,8 +109,14 @@ impl Activity {
 
     /// Asks the connection to close gracefully: at once when idle in HTTP/1.1, after a GOAWAY in HTTP/2.
     pub fn ask_to_close(&self) {
+        self.close_asked.store(true, std::sync::atomic::Ordering::Release);
         // A permit is stored if the connection is not waiting at this moment.
         self.close.notify_one();
+    }
+
+    /// Whether the watchdog asked the connection to close.
+    pub fn was_asked_to_close(&self) -> bool {
+        self.close_asked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves once the watchdog asked the connection to close.
