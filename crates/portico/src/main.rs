@@ -181,9 +181,10 @@ struct RunArgs {
     /// Requests in flight to one pool's backends at most (each holds a backend connection); more wait.
     #[arg(long, default_value_t = portico_proxy::DEFAULT_POOL_REQUEST_LIMIT, value_name = "N")]
     pool_request_limit: usize,
-    /// How long a client connection may go without a request while none is in progress; then it is closed
-    /// (within 1 to 1.5 times this). Covers clients that send nothing or a head byte by byte, and idle
-    /// kept-alive connections. Decimals allowed.
+    /// How long a client connection may go without a request while none is in progress; then it is asked to
+    /// close (within 1 to 1.5 times this; HTTP/2 gets a GOAWAY), and closed outright half of it later if still
+    /// open. Covers clients that send nothing or a head byte by byte, and idle kept-alive connections. Decimals
+    /// allowed.
     #[arg(long, default_value_t = portico_proxy::DEFAULT_REQUEST_HEAD_TIMEOUT.as_secs_f64(), value_name = "SECONDS",
           value_parser = positive_seconds)]
     request_head_timeout: f64,
