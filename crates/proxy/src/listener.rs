@@ -20,6 +20,10 @@ use tokio::task::JoinHandle;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first wait for more bytes while peeking at what a client sent first; doubled at each pass that saw none.
+const PEEK_PAUSE_FIRST: Duration = Duration::from_millis(2);
+/// The longest wait between two peeks.
+const PEEK_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// Parses a PEM chain and key into what rustls serves.
 pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
@@ -150,14 +154,20 @@ async fn peek_until<T>(
     mut decide: impl FnMut(&[u8]) -> std::io::Result<Option<T>>,
 ) -> std::io::Result<T> {
     let mut seen = 0;
+    let mut pause = PEEK_PAUSE_FIRST;
     loop {
         let read = stream.peek(buffer).await?;
         if let Some(answer) = decide(&buffer[..read])? {
             return Ok(answer);
         }
-        // A peek returns at once while the bytes already seen are there: each pass waits for more.
+        // A peek returns at once while the bytes already seen are there: each pass waits for more, a little longer
+        // each time nothing came, so that a client stalling after its first bytes costs a few wake-ups a second
+        // rather than hundreds until the watchdog closes it.
         if read == seen {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(PEEK_PAUSE_MAX);
+        } else {
+            pause = PEEK_PAUSE_FIRST;
         }
         seen = read;
     }
