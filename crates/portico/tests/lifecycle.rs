@@ -13,31 +13,45 @@ fn one_route(vip: &str, port: u16) -> String {
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits() {
+/// Portico with one worker (what it picks on one CPU: connections served on a thread of their own, drained from
+/// the main thread) and 5 s to drain, serving [`one_route`] on `vip` to a backend; keep the directory.
+async fn draining_portico(vip: &str, admin_port: u16) -> (Backends, tempfile::TempDir, Portico) {
     let backends = Backends::start(&["a"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("config.yaml"), one_route("127.0.0.61", backends.http_port(0))).expect("write");
-    // With one worker (what Portico picks on one CPU): connections served on a thread of their own, drained from
-    // the main thread.
-    let mut portico = Portico::start(&[dir.path()], 19961, &["--drain-seconds", "5", "--workers", "1"]);
-    let vip: SocketAddr = "127.0.0.61:8080".parse().expect("vip");
-    assert_eq!(common::get(vip, "any.example", "/green").await.status, 200);
+    std::fs::write(dir.path().join("config.yaml"), one_route(vip, backends.http_port(0))).expect("write");
+    let portico = Portico::start(&[dir.path()], admin_port, &["--drain-seconds", "5", "--workers", "1"]);
+    (backends, dir, portico)
+}
 
-    // An idle keep-alive connection is open while the signal arrives: it must not hold the exit back.
-    let idle = std::net::TcpStream::connect(vip).expect("connect");
-    let pid = portico.child.id();
-    let killed = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("kill");
-    assert!(killed.success());
+/// Sends SIGTERM to Portico.
+fn sigterm(portico: &Portico) {
+    let killed = std::process::Command::new("kill").arg("-TERM").arg(portico.child.id().to_string()).status();
+    assert!(killed.expect("kill").success());
+}
+
+/// Waits (10 s at most) for Portico to exit, and checks that it exited cleanly.
+fn assert_exits_cleanly(portico: &mut Portico, what: &str) {
     let started = Instant::now();
     let exit = loop {
         if let Some(status) = portico.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "portico did not exit after SIGTERM");
+        assert!(started.elapsed() < Duration::from_secs(10), "portico did not exit {what}");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits() {
+    let (_backends, _dir, mut portico) = draining_portico("127.0.0.61", 19961).await;
+    let vip: SocketAddr = "127.0.0.61:8080".parse().expect("vip");
+    assert_eq!(common::get(vip, "any.example", "/green").await.status, 200);
+
+    // An idle keep-alive connection is open while the signal arrives: it must not hold the exit back.
+    let idle = std::net::TcpStream::connect(vip).expect("connect");
+    sigterm(&portico);
+    assert_exits_cleanly(&mut portico, "after SIGTERM");
     assert!(std::net::TcpStream::connect(vip).is_err(), "the listener is closed after exit");
     drop(idle);
     let log = std::fs::read_to_string(&portico.log).unwrap_or_default();
@@ -50,17 +64,13 @@ async fn sigterm_drains_and_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_when_sigterm_comes_gets_its_answer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backends = Backends::start(&["a"]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("config.yaml"), one_route("127.0.0.64", backends.http_port(0))).expect("write");
-    let mut portico = Portico::start(&[dir.path()], 19964, &["--drain-seconds", "5", "--workers", "1"]);
+    let (_backends, _dir, mut portico) = draining_portico("127.0.0.64", 19964).await;
 
     let mut client = tokio::net::TcpStream::connect("127.0.0.64:8080").await.expect("connect");
     // The backend answers one second after the request.
     client.write_all(b"GET /green?delay=1000 HTTP/1.1\r\nHost: any.example\r\n\r\n").await.expect("write");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = std::process::Command::new("kill").arg("-TERM").arg(portico.child.id().to_string()).status();
-    assert!(killed.expect("kill").success());
+    sigterm(&portico);
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
         .await
@@ -69,15 +79,7 @@ async fn a_request_in_flight_when_sigterm_comes_gets_its_answer() {
     let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 200 ok\r\n"), "{answer:?}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(status) = portico.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "portico did not exit after its last request");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(exit.success(), "exit status {exit:?}");
+    assert_exits_cleanly(&mut portico, "after its last request");
 }
 
 /// A kept-alive TLS connection outlives the handshake timeout (10 s): only the handshake is time-limited.

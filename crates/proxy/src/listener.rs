@@ -392,12 +392,12 @@ where
             // then, within the route's timeouts (HAProxy's default too, without `option abortonclose`).
             builder.writev(false).half_close(true);
             let connection = builder.serve_connection(io, service).with_upgrades();
-            Box::pin(Drained::new(connection, draining, watched, local, peer))
+            Box::pin(drained(connection, draining, watched, local, peer))
         }
         Version::Http2 => {
             let connection =
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
-            Box::pin(Drained::new(connection, draining, watched, local, peer))
+            Box::pin(drained(connection, draining, watched, local, peer))
         }
     }
 }
@@ -462,24 +462,23 @@ enum SignalState {
     Come,
 }
 
-impl<C: GracefulClose> Drained<C, ()> {
-    fn new(
-        connection: C,
-        draining: tokio::sync::watch::Receiver<bool>,
-        activity: Arc<handler::Activity>,
-        local: SocketAddr,
-        peer: SocketAddr,
-    ) -> Drained<C, impl Future<Output = ()>> {
-        let (mut signal_draining, signal_activity) = (draining.clone(), activity.clone());
-        let signal = async move {
-            tokio::select! {
-                // An error means the proxy itself is gone: closing is right then too.
-                _ = signal_draining.wait_for(|draining| *draining) => {}
-                () = signal_activity.asked_to_close() => {}
-            }
-        };
-        Drained { connection, signal, signal_state: SignalState::NotPolled, draining, activity, local, peer }
-    }
+/// `connection`, closed gracefully once Portico drains or its watchdog asks.
+fn drained<C: GracefulClose>(
+    connection: C,
+    draining: tokio::sync::watch::Receiver<bool>,
+    activity: Arc<handler::Activity>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Drained<C, impl Future<Output = ()>> {
+    let (mut signal_draining, signal_activity) = (draining.clone(), activity.clone());
+    let signal = async move {
+        tokio::select! {
+            // An error means the proxy itself is gone: closing is right then too.
+            _ = signal_draining.wait_for(|draining| *draining) => {}
+            () = signal_activity.asked_to_close() => {}
+        }
+    };
+    Drained { connection, signal, signal_state: SignalState::NotPolled, draining, activity, local, peer }
 }
 
 impl<C, S> Future for Drained<C, S>
