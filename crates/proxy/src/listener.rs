@@ -140,6 +140,10 @@ pub fn spawn(
                 connection.await
             });
             tokio::spawn(close_when_idle(connection.abort_handle(), activity, head_timeout, peer));
+            // One connection accepted per turn of the scheduler, as nginx does (`multi_accept off`): with a
+            // backlog of new connections, accepting until the budget ran out (128) queued that many handshakes
+            // ahead of the requests of connections already open.
+            tokio::task::yield_now().await;
         }
     });
     Ok(ListenerHandle { protocol, task })
