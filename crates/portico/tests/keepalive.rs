@@ -112,6 +112,42 @@ async fn backend_connections_are_kept_alive_and_hop_by_hop_headers_stay_on_their
     }
 }
 
+/// A mirrored request reaches the mirror with the headers the backend gets: Host, X-Forwarded-For with the
+/// client's address appended, X-Forwarded-Proto; and without this hop's headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mirror_gets_the_forwarded_headers_the_backend_gets() {
+    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (main_port, main) = raw_backend(answer, None).await;
+    let (shadow_port, shadow) = raw_backend(answer, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = http_gateway("127.0.0.127", 8080)
+        + &common::service("main", main_port)
+        + &common::service("shadow", shadow_port)
+        + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: shadow, port: 80}}\n    backendRefs: [{name: main, port: 80}]\n";
+    common::write_file(dir.path(), "config.yaml", &config);
+    let _portico = Portico::start(&[dir.path()], 19917, &[]);
+    let vip: SocketAddr = "127.0.0.127:8080".parse().expect("vip");
+    let headers = [("x-forwarded-for", "203.0.113.7"), ("connection", "x-client-hop"), ("x-client-hop", "1")];
+    let answer = request(vip, "mirror.example", "GET", "/copy", &headers, None).await.expect("request");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    // The mirror's copy is sent in the background: wait for it, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while shadow.lock().expect("lock").heads.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the mirror received no request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (who, seen) in [("backend", &main), ("mirror", &shadow)] {
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.heads.len(), 1, "{who}");
+        let head = &seen.heads[0];
+        assert!(head.starts_with("get /copy http/1.1\r\n"), "{who}: {head}");
+        assert!(head.contains("\r\nhost: mirror.example\r\n"), "{who}: {head}");
+        assert!(head.contains("\r\nx-forwarded-for: 203.0.113.7, 127.0.0.1\r\n"), "{who}: {head}");
+        assert!(head.contains("\r\nx-forwarded-proto: http\r\n"), "{who}: {head}");
+        assert!(!head.contains("\r\nx-client-hop:"), "{who}: {head}");
+    }
+}
+
 /// A backend that closes each connection right after answering, without saying so (a keep-alive timeout far
 /// shorter than the proxy's): the next request, sent at once, finds the kept connection closed (or closing
 /// while it is being sent) and goes on a new one; no request fails, none reaches the backend twice.

@@ -310,8 +310,8 @@ fn unrouted(
 
 /// Handles one request. Never fails: every problem becomes a short error response.
 pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming>) -> Response<ProxyBody> {
-    let ClientConnection { shared, local: local_address, peer, scheme, .. } = connection;
-    let (local_address, peer, scheme) = (*local_address, *peer, *scheme);
+    let ClientConnection { shared, local: local_address, scheme, .. } = connection;
+    let (local_address, scheme) = (*local_address, *scheme);
     let started = Instant::now();
     let compiled = shared.state.load_full();
     let grpc = is_grpc(&request);
@@ -361,7 +361,7 @@ pub async fn handle(connection: &ClientConnection, mut request: Request<Incoming
     }
     for (pool, per_million) in &route.mirrors {
         if *per_million >= 1_000_000 || rand::random_range(0..1_000_000) < *per_million {
-            mirror(pool, &request, peer);
+            mirror(pool, &request, connection);
         }
     }
     let response = match &route.action {
@@ -530,17 +530,15 @@ fn cors_headers(cors: &portico_ir::Cors, origin: &str, headers: &mut http::Heade
 }
 
 /// Sends a body-less copy of the request to a mirror pool in the background; its answer is dropped.
-fn mirror(pool: &std::sync::Arc<CompiledPool>, request: &Request<Incoming>, peer: SocketAddr) {
-    let Some(pick) = pool.pick(peer.ip(), request.headers()) else { return };
+/// The mirror gets the headers the backend gets, before the route's filters: Host, X-Forwarded-For and -Proto.
+fn mirror(pool: &std::sync::Arc<CompiledPool>, request: &Request<Incoming>, connection: &ClientConnection) {
+    let Some(pick) = pool.pick(connection.peer.ip(), request.headers()) else { return };
     let mut copy = head_only_copy(request);
     *copy.uri_mut() = origin_form(request.uri());
     let headers = copy.headers_mut();
+    host_from_authority(headers, request.uri());
     strip_hop_by_hop(headers, false);
-    if !headers.contains_key(HOST)
-        && let Some(value) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        headers.insert(HOST, value);
-    }
+    add_forwarded(headers, connection);
     headers.remove(http::header::CONTENT_LENGTH);
     let pool = pool.clone();
     tokio::spawn(async move {
@@ -641,6 +639,27 @@ fn origin_form(uri: &Uri) -> Uri {
     uri.path_and_query().map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone()))
 }
 
+/// HTTP/2 requests carry the host in :authority only; HTTP/1.1 backends need it as Host.
+fn host_from_authority(headers: &mut http::HeaderMap, uri: &Uri) {
+    if !headers.contains_key(HOST)
+        && let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        headers.insert(HOST, value);
+    }
+}
+
+/// X-Forwarded-For (the client's address appended to what came) and X-Forwarded-Proto (the client's scheme).
+fn add_forwarded(headers: &mut http::HeaderMap, connection: &ClientConnection) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", connection.peer.ip())).ok(),
+        None => Some(connection.peer_ip.clone()),
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(connection.scheme));
+}
+
 async fn forward(
     connection: &ClientConnection,
     route: &CompiledRoute,
@@ -652,12 +671,7 @@ async fn forward(
     let upgrade = is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    // HTTP/2 requests carry the host in :authority only; HTTP/1.1 backends need it as Host.
-    if !parts.headers.contains_key(HOST)
-        && let Some(value) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(HOST, value);
-    }
+    host_from_authority(&mut parts.headers, &parts.uri);
     let mut rewritten_path: Option<String> = None;
     for filter in &route.filters {
         match filter {
@@ -675,14 +689,7 @@ async fn forward(
         }
     }
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    let forwarded_for = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", peer.ip())).ok(),
-        None => Some(connection.peer_ip.clone()),
-    };
-    if let Some(value) = forwarded_for {
-        parts.headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-    parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    add_forwarded(&mut parts.headers, connection);
     let target = match rewritten_path {
         None => origin_form(&parts.uri),
         Some(path) => {
