@@ -491,7 +491,7 @@ def load_env(tls_version=None):
 def measured(proc, load, what, cpu_share=None):
     """Calls `load` (which runs load generators on CPU 0 against `proc`, capped at `cpu_share` of its CPU if
     given); returns what it returned, the proxy's CPU seconds, the wall time, the maximum RSS seen and whether
-    the cap was applied."""
+    the cap was applied (None when none was asked for)."""
     cap = CpuCap(proc, cpu_share) if cpu_share else None
     before = proc.cpu_seconds()
     started = time.monotonic()
@@ -501,7 +501,7 @@ def measured(proc, load, what, cpu_share=None):
     cpu = proc.cpu_seconds() - before
     if not proc.alive():
         raise BenchError(f"{proc.name} died during {what}; log:\n{proc.log_tail()}")
-    return result, cpu, wall, sampler.max_kb, bool(cap and cap.applied)
+    return result, cpu, wall, sampler.max_kb, cap.applied if cap else None
 
 
 def run_measured(proc, argv, duration, env, cpu_share=None):
@@ -536,7 +536,7 @@ def wrk(proc, url, connections, duration, headers=(), tls_version=None, cpu_shar
         "cpu_per_100k": cpu / requests * 1e5 if requests else None,
         "busy": cpu / wall if wall else 0.0,
         "rss_max_kb": rss,
-        "cpu_capped": capped if cpu_share else None,
+        "cpu_capped": capped,
     }
 
 
@@ -686,7 +686,7 @@ def s_time(proc, address, port, tls_version, duration, parallel=8, cpu_share=Non
         "cpu_per_100k": cpu / connections * 1e5 if connections else None,
         "busy": cpu / wall if wall else 0.0,
         "rss_max_kb": rss,
-        "cpu_capped": capped if cpu_share else None,
+        "cpu_capped": capped,
     }
 
 
@@ -833,7 +833,15 @@ def proxy_scenarios(args, work, results, wanted, backend):
                     results.add("rss", "RSS under scenario 1 (64 connections, max)", name,
                                 outcome["rss_max_kb"] / 1024, "MiB", "lower")
             if scenario == "http1":
-                no_proxy.append(wrk(backend, f"http://{ADDR['backend']}:{BACKEND_PORT}/", 64, d))
+                try:
+                    floor = wrk(backend, f"http://{ADDR['backend']}:{BACKEND_PORT}/", 64, d)
+                except BenchError as error:
+                    results.fail(f"http1 no proxy: {error}")
+                    continue
+                if floor["requests"] == 0 or floor["errors"]:
+                    results.fail(f"http1 no proxy: {floor['requests']} requests, {floor['errors']} errors")
+                    continue
+                no_proxy.append(floor)
     if no_proxy:
         results.notes.append(no_proxy_note(no_proxy))
     if "rss" in wanted:

@@ -102,14 +102,14 @@ impl WeightedPools {
     }
 
     /// A pool chosen by weight: `Err(())` when the choice falls on an invalid backend (or all weights are 0).
-    pub fn pick(&self) -> Result<&CompiledPool, ()> {
+    pub fn pick(&self) -> Result<&Arc<CompiledPool>, ()> {
         if self.total_weight == 0 {
             return Err(());
         }
         let mut ticket = if self.pools.len() == 1 { 0 } else { rand::random_range(0..self.total_weight) };
         for (pool, weight) in &self.pools {
             if ticket < *weight {
-                return pool.as_deref().ok_or(());
+                return pool.as_ref().ok_or(());
             }
             ticket -= weight;
         }

@@ -291,7 +291,7 @@ async fn prepare_tls(
         if let Some(tls_route) = listener.tls_route(server_name.as_deref()) {
             if tls_route.passthrough {
                 activity.exempt();
-                return Some(relay_route(shared, compiled.clone(), address, server_name, stream, peer));
+                return relay(shared, tls_route, stream, peer);
             }
             route = Some(compiled.clone());
         } else if listener.protocol == Protocol::Tls {
@@ -311,10 +311,10 @@ async fn prepare_tls(
         }
     };
     if let Some(compiled) = route {
-        let server_name = stream.get_ref().1.server_name().map(str::to_string);
-        if compiled.listeners.get(&address).and_then(|l| l.tls_route(server_name.as_deref())).is_some() {
+        let server_name = stream.get_ref().1.server_name();
+        if let Some(tls_route) = compiled.listeners.get(&address).and_then(|l| l.tls_route(server_name)) {
             activity.exempt();
-            return Some(relay_route(shared, compiled, address, server_name, stream, peer));
+            return relay(shared, tls_route, stream, peer);
         }
     }
     let server_name = stream.get_ref().1.server_name().map(Box::from);
@@ -322,61 +322,51 @@ async fn prepare_tls(
     Some(serve(shared, stream, address, peer, "https", server_name, activity, version))
 }
 
-/// The relay of a TLS route: the route of `server_name` on the listener at `address` in `compiled`, found again
-/// inside the boxed future, which has to own what it borrows from.
-fn relay_route<S>(
+/// Copies bytes between a client and an endpoint of the route's pool (TLSRoute). The pool and endpoint are
+/// picked here; the copy is boxed with what it owns (the route is borrowed from a configuration that may be
+/// swapped meanwhile). None when the route has no backend to take the connection.
+fn relay<S>(
     shared: Arc<Shared>,
-    compiled: Arc<crate::compile::Compiled>,
-    address: SocketAddr,
-    server_name: Option<String>,
-    client: S,
+    route: &crate::compile::CompiledTlsRoute,
+    mut client: S,
     peer: SocketAddr,
-) -> Serving
+) -> Option<Serving>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Box::pin(async move {
-        if let Some(route) = compiled.listeners.get(&address).and_then(|l| l.tls_route(server_name.as_deref())) {
-            relay(&shared, route, client, peer).await
-        }
-    })
-}
-
-/// Copies bytes between a client and an endpoint of the route's pool (TLSRoute).
-async fn relay<S>(shared: &Shared, route: &crate::compile::CompiledTlsRoute, mut client: S, peer: SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
     let Ok(pool) = route.pools.pick() else {
         tracing::debug!(route = %route.name, %peer, "TLS route has no valid backend");
-        return;
+        return None;
     };
     let Some(pick) = pool.pick(peer.ip(), &http::HeaderMap::new()) else {
         tracing::debug!(route = %route.name, %peer, "TLS route's pool has no healthy endpoint");
-        return;
+        return None;
     };
-    let endpoint = pick.endpoint;
-    let mut upstream =
-        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(endpoint)).await {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(error)) => {
-                pool.state.report(endpoint, portico_balance::Outcome::ConnectError);
-                shared.metrics.upstream_error(&pool.name, "connect");
-                tracing::warn!(pool = %pool.name, %endpoint, %error, "cannot reach the TLS route's backend");
-                return;
-            }
-            Err(_) => {
-                shared.metrics.upstream_error(&pool.name, "timeout");
-                return;
-            }
-        };
-    let _ = upstream.set_nodelay(true);
-    pool.state.report(endpoint, portico_balance::Outcome::Success);
-    // The pick's guard counts this connection as in flight until the relay ends.
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(route = %route.name, %error, "relay ended");
-    }
-    drop(pick);
+    let (pool, route_name) = (pool.clone(), route.name.clone());
+    Some(Box::pin(async move {
+        let endpoint = pick.endpoint;
+        let mut upstream =
+            match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(endpoint)).await {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(error)) => {
+                    pool.state.report(endpoint, portico_balance::Outcome::ConnectError);
+                    shared.metrics.upstream_error(&pool.name, "connect");
+                    tracing::warn!(pool = %pool.name, %endpoint, %error, "cannot reach the TLS route's backend");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.upstream_error(&pool.name, "timeout");
+                    return;
+                }
+            };
+        let _ = upstream.set_nodelay(true);
+        pool.state.report(endpoint, portico_balance::Outcome::Success);
+        // The pick's guard counts this connection as in flight until the relay ends.
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(route = %route_name, %error, "relay ended");
+        }
+        drop(pick);
+    }))
 }
 
 /// Serves HTTP on a client connection until it closes, or closes it gracefully once Portico drains.
@@ -394,7 +384,7 @@ fn serve<I>(
     server_name: Option<Box<str>>,
     activity: Arc<handler::Activity>,
     version: Version,
-) -> Pin<Box<dyn Future<Output = ()> + Send>>
+) -> Serving
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
