@@ -15,7 +15,7 @@ fn route(name: &str, host: &str, rule: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_answer_504_and_retries_hide_a_dead_endpoint() {
     let backends = Backends::start(&["live"]).await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (_dead_socket, dead) = common::refused_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let two_endpoints = format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: flaky}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: flaky, labels: {{kubernetes.io/service-name: flaky}}}}\naddressType: IPv4\nports: [{{name: \"\", port: {dead}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: flaky-live, labels: {{kubernetes.io/service-name: flaky}}}}\naddressType: IPv4\nports: [{{name: \"\", port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",

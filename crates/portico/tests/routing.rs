@@ -106,8 +106,8 @@ async fn matches_and_filters_behave_as_the_spec_examples() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_failures_answer_502_and_503() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // A port nothing listens on (bound then released), and a Service without endpoints.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    // A port where connections are refused, and a Service without endpoints.
+    let (_closed_socket, closed) = common::refused_port();
     let config = http_gateway("127.0.0.43", 8080)
         + &service("down", closed)
         + "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\nspec:\n  ports: [{port: 80}]\n"

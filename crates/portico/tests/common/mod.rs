@@ -257,6 +257,16 @@ pub fn http_gateway(vip: &str, port: u16) -> String {
 }
 
 /// A Service with one port 80 and an EndpointSlice pointing at `127.0.0.1:port`.
+/// A port on 127.0.0.1 where connections are refused, held for as long as the socket lives: bound but not
+/// listening. A port bound and released instead can be taken meanwhile by another test's backend (which then
+/// answered 404 where the test expected a refused connection).
+pub fn refused_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let port = socket.local_addr().expect("address").port();
+    (socket, port)
+}
+
 pub fn service(name: &str, port: u16) -> String {
     format!(
         "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports: [{{port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: \"\", port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n"
